@@ -1,0 +1,115 @@
+"""The one error hierarchy of comfy-vast-worker.
+
+Every failure a caller can see is one of these; each knows its HTTP status and whether
+retrying the same request elsewhere can help, so the routes never guess.
+
+    BridgeError                      (500, not retriable)
+    ├── BadRequest                   422  the payload is malformed or names something wrong
+    │   ├── PayloadTooLarge          413  body over the configured limit
+    │   ├── InvalidWorkflow          422  graph shape is wrong (no class_type, dangling link...)
+    │   ├── UnknownTemplate          422  modifier names no template in workflows/
+    │   ├── InvalidInputImage        422  an entry of `images` cannot be decoded or fetched
+    │   └── WorkflowRejected         422  ComfyUI's own validation refused the prompt
+    │       ├── MissingNodeClasses   422  class_types not installed (named, with the pack if known)
+    │       └── MissingModels        422  *_name inputs whose file is absent (named, with folder)
+    ├── ExecutionFailed              500  a node raised during execution (node id, type, message)
+    │   └── OutOfMemory              500  the GPU ran out of memory (after the configured retry)
+    ├── DeliveryFailed               502  outputs were made but could not be delivered
+    ├── ComfyUnavailable             503  ComfyUI is down, starting or restarting (retriable)
+    │   └── ComfyUnrecoverable       503  ComfyUI is gone for good; the worker asks to be replaced
+    └── DeadlineExceeded             504  the request ran past its timeout; the prompt was interrupted
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class BridgeError(Exception):
+    """Base class: a message for humans, a machine `type`, and structured details."""
+
+    status: ClassVar[int] = 500
+    retriable: ClassVar[bool] = False
+    type: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `error` object of the failure body in the request contract."""
+        body: dict[str, Any] = {
+            "type": self.type,
+            "message": self.message,
+            "retriable": self.retriable,
+        }
+        body.update({k: v for k, v in self.details.items() if v is not None})
+        return body
+
+
+class BadRequest(BridgeError):
+    status = 422
+    type = "bad_request"
+
+
+class PayloadTooLarge(BadRequest):
+    status = 413
+    type = "payload_too_large"
+
+
+class InvalidWorkflow(BadRequest):
+    type = "invalid_workflow"
+
+
+class UnknownTemplate(BadRequest):
+    type = "unknown_template"
+
+
+class InvalidInputImage(BadRequest):
+    type = "invalid_input_image"
+
+
+class WorkflowRejected(BadRequest):
+    """ComfyUI answered 400 to POST /prompt; `node_errors` is passed through."""
+
+    type = "workflow_rejected"
+
+
+class MissingNodeClasses(WorkflowRejected):
+    type = "missing_node_classes"
+
+
+class MissingModels(WorkflowRejected):
+    type = "missing_models"
+
+
+class ExecutionFailed(BridgeError):
+    status = 500
+    type = "execution_error"
+
+
+class OutOfMemory(ExecutionFailed):
+    type = "out_of_memory"
+
+
+class DeliveryFailed(BridgeError):
+    status = 502
+    type = "delivery_failed"
+    retriable = True
+
+
+class ComfyUnavailable(BridgeError):
+    status = 503
+    type = "comfyui_unavailable"
+    retriable = True
+
+
+class ComfyUnrecoverable(ComfyUnavailable):
+    type = "comfyui_unrecoverable"
+
+
+class DeadlineExceeded(BridgeError):
+    status = 504
+    type = "timeout"
+    retriable = True

@@ -1,0 +1,66 @@
+"""Settings of the bridge, read from the environment (and CLI flags that override them).
+
+Every knob has a default that works on a Vast host and on a developer's box; the
+variable names are in the README. Secrets are SecretStr so they never print.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class S3Settings(BaseSettings):
+    """Default output bucket; a request's `s3` object overrides any field."""
+
+    model_config = SettingsConfigDict(env_prefix="S3_", extra="ignore")
+
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    endpoint_url: str | None = None
+    bucket_name: str | None = None
+    region: str | None = None
+    prefix: str = ""
+    presign_expiry_s: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+    retries: int = Field(default=4, ge=0)
+    retry_backoff_s: float = Field(default=0.5, ge=0)
+    multipart_threshold_bytes: int = 8 * 1024 * 1024
+
+
+class BridgeSettings(BaseSettings):
+    """How the bridge reaches ComfyUI and what it allows callers to do."""
+
+    model_config = SettingsConfigDict(env_prefix="COMFY_BRIDGE_", extra="ignore")
+
+    comfyui_url: str = "http://127.0.0.1:18188"
+    # Where ComfyUI keeps its folders; when known, outputs are read from disk instead of /view.
+    comfyui_path: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 18288
+
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    default_timeout_s: float = Field(default=600.0, gt=0)
+    max_timeout_s: float = Field(default=3600.0, gt=0)
+    # Inline (base64) outputs are refused past this size; they stay on disk for S3 instead.
+    max_inline_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+
+    max_input_images: int = Field(default=16, ge=0)
+    max_input_image_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
+    input_fetch_timeout_s: float = Field(default=30.0, gt=0)
+    allow_private_urls: bool = False
+
+    webhook_secret: SecretStr | None = None
+    webhook_retries: int = Field(default=5, ge=0)
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+
+    workflows_dir: Path = Path(__file__).resolve().parent.parent / "workflows"
+    # Outputs kept on disk when delivery failed, so nothing made is lost.
+    spool_dir: Path = Path("/tmp/comfy-bridge-spool")
+    spool_budget_bytes: int = Field(default=2 * 1024**3, ge=0)
+
+    oom_retries: int = Field(default=1, ge=0)
+    watchdog_silence_s: float = Field(default=120.0, gt=0)
+
+    s3: S3Settings = Field(default_factory=S3Settings)

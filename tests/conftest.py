@@ -1,0 +1,1 @@
+"""Session-wide fixtures. Feature folders keep their own conftest.py."""
