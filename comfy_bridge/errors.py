@@ -16,7 +16,8 @@ retrying the same request elsewhere can help, so the routes never guess.
     │   └── OutOfMemory              500  the GPU ran out of memory (after the configured retry)
     ├── DeliveryFailed               502  outputs were made but could not be delivered
     ├── ComfyUnavailable             503  ComfyUI is down, starting or restarting (retriable)
-    │   └── ComfyUnrecoverable       503  ComfyUI is gone for good; the worker asks to be replaced
+    │   ├── ComfyUnrecoverable       503  ComfyUI is gone for good; the worker asks to be replaced
+    │   └── ShuttingDown             503  the worker got SIGTERM and takes no new requests (retriable)
     └── DeadlineExceeded             504  the request ran past its timeout; the prompt was interrupted
 """
 
@@ -109,7 +110,34 @@ class ComfyUnrecoverable(ComfyUnavailable):
     type = "comfyui_unrecoverable"
 
 
+class ShuttingDown(ComfyUnavailable):
+    type = "shutting_down"
+
+
 class DeadlineExceeded(BridgeError):
     status = 504
     type = "timeout"
     retriable = True
+
+
+# --- provisioning (PROVISION): not HTTP answers, but the same shape for logs and reports ---
+
+
+class ProvisionFailed(BridgeError):
+    """ComfyUI, a custom node pack or a model could not be installed as the manifest says."""
+
+    type = "provision_failed"
+
+
+class ManifestInvalid(ProvisionFailed):
+    type = "manifest_invalid"
+
+
+class DownloadFailed(ProvisionFailed):
+    type = "download_failed"
+
+
+class ComfyIncomplete(ComfyUnrecoverable):
+    """ComfyUI answers but lacks node classes the worker needs (a pack failed to import)."""
+
+    type = "comfyui_incomplete"

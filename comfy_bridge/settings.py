@@ -27,6 +27,8 @@ class S3Settings(BaseSettings):
     retries: int = Field(default=4, ge=0)
     retry_backoff_s: float = Field(default=0.5, ge=0)
     multipart_threshold_bytes: int = 8 * 1024 * 1024
+    # Parallel part/file uploads per client (IO): enough to fill a link with 2 MB images.
+    max_concurrency: int = Field(default=16, ge=1, le=64)
 
 
 class BridgeSettings(BaseSettings):
@@ -54,6 +56,8 @@ class BridgeSettings(BaseSettings):
     webhook_secret: SecretStr | None = None
     webhook_retries: int = Field(default=5, ge=0)
     webhook_timeout_s: float = Field(default=10.0, gt=0)
+    # First retry delay; doubles per attempt, capped at 60 s (IO).
+    webhook_retry_backoff_s: float = Field(default=1.0, ge=0)
 
     workflows_dir: Path = Path(__file__).resolve().parent.parent / "workflows"
     # Outputs kept on disk when delivery failed, so nothing made is lost.
@@ -62,5 +66,14 @@ class BridgeSettings(BaseSettings):
 
     oom_retries: int = Field(default=1, ge=0)
     watchdog_silence_s: float = Field(default=120.0, gt=0)
+
+    # ComfyUI as a supervised child, when launched from comfyui_path (RELIABILITY).
+    comfyui_log_path: Path | None = None  # default: <comfyui_path>/comfyui.log
+    comfyui_extra_args: str = ""  # shell-quoted flags appended to ComfyUI's main.py
+    comfyui_max_crashes: int = Field(default=3, ge=1)  # this many crashes within the window...
+    comfyui_crash_window_s: float = Field(default=600.0, gt=0)  # ...and the worker gives up
+    comfyui_start_timeout_s: float = Field(default=300.0, gt=0)
+    # SIGTERM: seconds in-flight requests get to finish before cleanup and exit.
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
 
     s3: S3Settings = Field(default_factory=S3Settings)

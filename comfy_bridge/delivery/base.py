@@ -18,6 +18,7 @@ from comfy_bridge.jobs.protocol import JobInput, OutputFile
 mimetypes.add_type("image/webp", ".webp")
 mimetypes.add_type("video/webm", ".webm")
 mimetypes.add_type("audio/flac", ".flac")
+mimetypes.add_type("audio/wav", ".wav")  # the stdlib says audio/x-wav
 mimetypes.add_type("model/gltf-binary", ".glb")
 
 

@@ -1,0 +1,50 @@
+"""`comfy-worker bridge`: run the bridge's HTTP app in front of any ComfyUI.
+
+    comfy-worker bridge --comfyui-url http://127.0.0.1:8188 [--comfyui-path DIR]
+                        [--host 127.0.0.1] [--port 18288] [--log-level INFO]
+
+Flags override the COMFY_BRIDGE_* environment (see comfy_bridge/settings.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from comfy_bridge import logs
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--comfyui-url", help="ComfyUI's base URL (default: COMFY_BRIDGE_COMFYUI_URL or http://127.0.0.1:18188)")
+    p.add_argument("--comfyui-path", type=Path,
+                   help="ComfyUI's folder; outputs are then read from its output/ instead of /view")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (default 18288)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def run(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from comfy_bridge.app import build_app
+    from comfy_bridge.settings import BridgeSettings
+
+    logs.setup(args.log_level)
+    overrides = {k: v for k, v in {
+        "comfyui_url": args.comfyui_url,
+        "comfyui_path": args.comfyui_path,
+        "host": args.host,
+        "port": args.port,
+    }.items() if v is not None}
+    settings = BridgeSettings(**overrides)
+    log = logs.get("comfy_bridge")
+    log.info("bridge listening on http://%s:%d for ComfyUI at %s", settings.host, settings.port, settings.comfyui_url)
+    web.run_app(
+        build_app(settings),
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        access_log=None,
+        handler_cancellation=True,  # a caller that leaves frees its prompt (see api_router)
+    )
+    return 0

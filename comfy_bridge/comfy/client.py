@@ -1,0 +1,570 @@
+"""ComfyClient: one HTTP session and one websocket per client_id, shared by all requests.
+
+ComfyUI sends a prompt's events only to the websocket of the client_id that submitted
+it, so one persistent socket serves every request: a reader task dispatches each event
+to the PromptTracker of its prompt_id. We choose prompt_ids ourselves, so a tracker
+exists before POST /prompt and no early event is lost.
+
+A prompt is finished when ComfyUI sends `executing` with `node: null` for it; only then
+is it reliably in /history (execution_success can come before: the recorded /history
+race). If the socket drops, the reader reconnects with backoff and reconciles every
+in-flight prompt against /queue and /history, completing each exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import aiohttp
+
+from comfy_bridge import logs
+from comfy_bridge.comfy import events as ev
+from comfy_bridge.comfy import graph as graphs
+from comfy_bridge.errors import BridgeError, ComfyUnavailable, DeliveryFailed
+
+log = logs.get(__name__)
+
+ProgressCallback = Callable[[ev.Event], None]
+
+
+@dataclass
+class PromptResult:
+    """What a finished prompt left: its /history entry, failure (if any) and timings."""
+
+    prompt_id: str
+    outputs: dict[str, Any]
+    failure: ev.Event | None
+    queued_ms: float
+    execution_ms: float
+    ws_images: list[tuple[str, ev.BinaryFrame]] = field(default_factory=list)
+
+
+@dataclass
+class PromptTracker:
+    """Per-prompt state fed by the websocket reader; its future resolves exactly once."""
+
+    prompt_id: str
+    future: asyncio.Future[None]
+    on_progress: ProgressCallback | None = None
+    capture_nodes: frozenset[str] = frozenset()
+    submitted: bool = False
+    submitted_at: float = 0.0
+    started_at: float | None = None
+    start_ms: int | None = None
+    end_ms: int | None = None
+    failure: ev.Event | None = None
+    history: dict[str, Any] | None = None
+    current_node: str | None = None
+    ws_images: list[tuple[str, ev.BinaryFrame]] = field(default_factory=list)
+
+    @property
+    def running(self) -> bool:
+        return self.started_at is not None
+
+    def finish(self) -> bool:
+        if self.future.done():
+            return False
+        self.future.set_result(None)
+        return True
+
+    def fail(self, exc: BaseException) -> bool:
+        if self.future.done():
+            return False
+        self.future.set_exception(exc)
+        self.future.exception()  # marks it retrieved: nobody may be waiting any more
+        return True
+
+
+class ComfyClient:
+    """Async client of one ComfyUI server. Call `start()` once, `close()` at the end."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        client_id: str | None = None,
+        connect_timeout_s: float = 5.0,
+        request_timeout_s: float = 60.0,
+        heartbeat_s: float = 20.0,
+        reconnect_max_s: float = 2.0,
+        down_grace_s: float = 15.0,
+        poll_s: float = 30.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.client_id = client_id or f"cvw-{uuid.uuid4().hex}"
+        self._ws_url = self.base_url.replace("http", "ws", 1) + f"/ws?clientId={self.client_id}"
+        self._connect_timeout_s = connect_timeout_s
+        self._request_timeout_s = request_timeout_s
+        self._heartbeat_s = heartbeat_s
+        self._reconnect_max_s = reconnect_max_s
+        self._down_grace_s = down_grace_s
+        self._poll_s = poll_s
+        self._session: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._ws_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+        self._closing = False
+        self._connections = 0
+        self._trackers: dict[str, PromptTracker] = {}
+        self._current_prompt: str | None = None
+        self._object_info: dict[str, Any] = {}
+        self._object_info_loaded = False
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the session and start the reader; ComfyUI need not be up yet."""
+        if self._session is None:
+            timeout = aiohttp.ClientTimeout(
+                total=None, connect=self._connect_timeout_s, sock_read=self._request_timeout_s
+            )
+            self._session = aiohttp.ClientSession(timeout=timeout)
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read_forever(), name="comfy-ws-reader")
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        self.fail_inflight(ComfyUnavailable("the bridge is shutting down"))
+        if self._ws is not None:
+            await self._ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None and not self._ws.closed
+
+    @property
+    def connections(self) -> int:
+        """Websocket connections made so far (more than one: there were reconnects)."""
+        return self._connections
+
+    @property
+    def inflight(self) -> int:
+        return len(self._trackers)
+
+    def fail_inflight(self, exc: BridgeError) -> int:
+        """Wake every waiting prompt with `exc` (ComfyUI died); returns how many."""
+        return sum(t.fail(exc) for t in list(self._trackers.values()))
+
+    # ---- websocket ---------------------------------------------------------------------
+
+    async def _connect(self) -> aiohttp.ClientWebSocketResponse:
+        async with self._ws_lock:
+            if self._ws is not None and not self._ws.closed:
+                return self._ws
+            assert self._session is not None, "call start() first"
+            # No compression: ComfyUI would deflate every multi-MB image frame.
+            self._ws = await self._session.ws_connect(
+                self._ws_url,
+                heartbeat=self._heartbeat_s,
+                max_msg_size=0,
+                compress=0,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+            )
+            self._connections += 1
+            self._object_info_loaded = False  # ComfyUI may have restarted with other nodes
+            self._wake.set()
+            return self._ws
+
+    async def ensure_connected(self) -> None:
+        """Connect now if the reader is between attempts; 503 when ComfyUI is not there."""
+        if self.connected:
+            return
+        try:
+            await asyncio.wait_for(self._connect(), self._connect_timeout_s)
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            raise ComfyUnavailable(
+                f"ComfyUI at {self.base_url} is not reachable ({type(exc).__name__}); "
+                "it may be starting or restarting, retry shortly",
+            ) from None
+
+    async def _read_forever(self) -> None:
+        delay = 0.05
+        down_since: float | None = None
+        seen = 0
+        while not self._closing:
+            try:
+                ws = await self._connect()
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                now = time.monotonic()
+                down_since = down_since or now
+                if now - down_since >= self._down_grace_s and self._trackers:
+                    n = self.fail_inflight(
+                        ComfyUnavailable(f"lost ComfyUI for {now - down_since:.0f}s ({type(exc).__name__})")
+                    )
+                    if n:
+                        log.warning("failed %d in-flight prompts: ComfyUI unreachable", n)
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), delay * (0.5 + random.random()))
+                except asyncio.TimeoutError:
+                    pass
+                delay = min(delay * 2, self._reconnect_max_s)
+                continue
+            delay, down_since = 0.05, None
+            if self._connections > 1 and self._connections != seen:
+                log.info("websocket reconnected; reconciling %d prompts", len(self._trackers))
+                self._spawn(self._reconcile())
+            seen = self._connections
+            try:
+                async for msg in ws:
+                    if msg.type == aiohttp.WSMsgType.TEXT:
+                        event = ev.parse_text(msg.data)
+                        if event is not None:
+                            self._dispatch(event)
+                    elif msg.type == aiohttp.WSMsgType.BINARY:
+                        frame = ev.parse_binary(msg.data)
+                        if frame is not None:
+                            self._dispatch_binary(frame)
+                    elif msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSE):
+                        break
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                pass
+            except Exception:  # a bug in dispatch must not stop every request
+                log.exception("websocket reader error")
+            if not self._closing:
+                log.warning("websocket to ComfyUI closed; reconnecting")
+                await ws.close()
+
+    def _dispatch(self, event: ev.Event) -> None:
+        pid = event.prompt_id
+        if event.type == ev.EXECUTION_START and pid:
+            self._current_prompt = pid
+        tracker = self._trackers.get(pid) if pid else None
+        if tracker is None:
+            return
+        kind = event.type
+        if kind == ev.EXECUTING:
+            node = event.node
+            if node is None:
+                if self._current_prompt == pid:
+                    self._current_prompt = None
+                tracker.finish()
+                return
+            tracker.current_node = node
+        elif kind == ev.EXECUTION_START:
+            tracker.started_at = time.monotonic()
+            tracker.start_ms = _ts(event.data)
+        elif kind == ev.EXECUTION_SUCCESS:
+            tracker.end_ms = _ts(event.data)
+        elif kind in (ev.EXECUTION_ERROR, ev.EXECUTION_INTERRUPTED):
+            tracker.end_ms = _ts(event.data) or int(time.time() * 1000)
+            tracker.failure = event
+        if tracker.on_progress is not None and kind in (
+            ev.PROGRESS, ev.PROGRESS_STATE, ev.EXECUTING, ev.EXECUTION_START, ev.EXECUTED
+        ):
+            try:
+                tracker.on_progress(event)
+            except Exception:
+                log.exception("progress callback failed")
+
+    def _dispatch_binary(self, frame: ev.BinaryFrame) -> None:
+        pid = frame.prompt_id or self._current_prompt
+        tracker = self._trackers.get(pid) if pid else None
+        if tracker is None or frame.event == ev.BIN_TEXT:
+            return
+        node = frame.node_id or tracker.current_node
+        if node is not None and node in tracker.capture_nodes:
+            tracker.ws_images.append((node, frame))
+
+    async def _reconcile(self, only: PromptTracker | None = None) -> None:
+        """Settle prompts whose events we may have missed (a reconnect, a long silence).
+
+        /queue first, then /history: ComfyUI moves a prompt from one to the other under
+        one lock, so a prompt in neither is truly lost (ComfyUI restarted).
+        """
+        trackers = [only] if only is not None else list(self._trackers.values())
+        trackers = [t for t in trackers if t.submitted and not t.future.done()]
+        if not trackers:
+            return
+        try:
+            queue = await self.queue()
+        except BridgeError as exc:
+            log.warning("reconcile: /queue failed: %s", exc.message)
+            return
+        queued = {item[1] for key in ("queue_running", "queue_pending") for item in queue.get(key, [])
+                  if isinstance(item, list) and len(item) > 1}
+        for tracker in trackers:
+            pid = tracker.prompt_id
+            if pid in queued:
+                continue
+            try:
+                entry = await self.history(pid)
+            except BridgeError as exc:
+                tracker.fail(exc)
+                continue
+            if entry is None:
+                tracker.fail(ComfyUnavailable(
+                    "ComfyUI lost the prompt (not queued, not in history): it probably restarted",
+                    prompt_id=pid,
+                ))
+                continue
+            tracker.history = entry
+            start, end = ev.history_timestamps(entry)
+            tracker.start_ms = tracker.start_ms or start
+            tracker.end_ms = tracker.end_ms or end
+            tracker.failure = tracker.failure or ev.history_failure(entry)
+            if tracker.finish():
+                log.info("prompt finished while its events were missed", extra={"fields": {"prompt_id": pid}})
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ---- prompts -----------------------------------------------------------------------
+
+    def track(
+        self,
+        prompt_id: str,
+        on_progress: ProgressCallback | None = None,
+        capture_nodes: frozenset[str] = frozenset(),
+    ) -> PromptTracker:
+        tracker = self._trackers.get(prompt_id)
+        if tracker is None:
+            future = asyncio.get_running_loop().create_future()
+            tracker = PromptTracker(prompt_id, future, on_progress, capture_nodes)
+            self._trackers[prompt_id] = tracker
+        return tracker
+
+    def forget(self, prompt_id: str) -> None:
+        tracker = self._trackers.pop(prompt_id, None)
+        if tracker is not None and not tracker.future.done():
+            tracker.future.cancel()
+
+    def tracker(self, prompt_id: str) -> PromptTracker | None:
+        return self._trackers.get(prompt_id)
+
+    async def submit(
+        self,
+        graph: dict[str, Any],
+        prompt_id: str,
+        extra_data: dict[str, Any] | None = None,
+        *,
+        on_progress: ProgressCallback | None = None,
+        capture_nodes: frozenset[str] = frozenset(),
+    ) -> dict[str, Any]:
+        """POST /prompt with our prompt_id; ComfyUI's 400 raises WorkflowRejected & co."""
+        await self.ensure_connected()
+        tracker = self.track(prompt_id, on_progress, capture_nodes)
+        body = {"prompt": graph, "client_id": self.client_id, "prompt_id": prompt_id,
+                "extra_data": extra_data or {}}
+        tracker.submitted_at = time.monotonic()
+        try:
+            status, answer = await self._json("POST", "/prompt", json=body, ok=(200, 400))
+        except BaseException:
+            self.forget(prompt_id)
+            raise
+        if status == 400:
+            self.forget(prompt_id)
+            raise graphs.rejection(answer)
+        tracker.submitted = True
+        return answer if isinstance(answer, dict) else {}
+
+    async def wait(self, prompt_id: str) -> PromptResult:
+        """Until `executing: null` for the prompt, then its /history entry.
+
+        Cancelling the wait leaves the prompt tracked (the caller may interrupt it and
+        wait again); any other outcome forgets it.
+        """
+        tracker = self._trackers.get(prompt_id)
+        if tracker is None:
+            raise KeyError(f"prompt {prompt_id} is not tracked")
+        try:
+            while True:
+                try:
+                    await asyncio.wait_for(asyncio.shield(tracker.future), self._poll_s)
+                    break
+                except asyncio.TimeoutError:
+                    # Safety net for a socket that silently stopped delivering events.
+                    await self._reconcile(tracker)
+            entry = tracker.history or await self._history_after_finish(prompt_id)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            self._trackers.pop(prompt_id, None)
+            raise
+        self._trackers.pop(prompt_id, None)
+        if tracker.start_ms is None or tracker.end_ms is None:
+            start, end = ev.history_timestamps(entry)
+            tracker.start_ms, tracker.end_ms = tracker.start_ms or start, tracker.end_ms or end
+        failure = tracker.failure or ev.history_failure(entry)
+        execution_ms = float(tracker.end_ms - tracker.start_ms) if tracker.start_ms and tracker.end_ms else 0.0
+        queued_ms = ((tracker.started_at or time.monotonic()) - tracker.submitted_at) * 1000
+        outputs = entry.get("outputs")
+        return PromptResult(
+            prompt_id,
+            outputs if isinstance(outputs, dict) else {},
+            failure,
+            queued_ms=max(queued_ms, 0.0),
+            execution_ms=max(execution_ms, 0.0),
+            ws_images=tracker.ws_images,
+        )
+
+    async def _history_after_finish(self, prompt_id: str) -> dict[str, Any]:
+        delay = 0.002
+        deadline = time.monotonic() + 5.0
+        while True:
+            entry = await self.history(prompt_id)
+            if entry is not None:
+                return entry
+            if time.monotonic() > deadline:
+                raise ComfyUnavailable(
+                    "ComfyUI finished the prompt but /history has no entry for it", prompt_id=prompt_id
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    # ---- plain endpoints ------------------------------------------------------------------
+
+    async def history(self, prompt_id: str) -> dict[str, Any] | None:
+        _, body = await self._json("GET", f"/history/{prompt_id}")
+        entry = body.get(prompt_id) if isinstance(body, dict) else None
+        return entry if isinstance(entry, dict) else None
+
+    async def queue(self) -> dict[str, Any]:
+        _, body = await self._json("GET", "/queue")
+        return body if isinstance(body, dict) else {}
+
+    async def queue_position(self, prompt_id: str) -> str | None:
+        """'running', 'pending' or None (finished or unknown)."""
+        q = await self.queue()
+        for key, name in (("queue_running", "running"), ("queue_pending", "pending")):
+            if any(isinstance(i, list) and len(i) > 1 and i[1] == prompt_id for i in q.get(key, [])):
+                return name
+        return None
+
+    async def system_stats(self, timeout_s: float | None = None) -> dict[str, Any]:
+        _, body = await self._json("GET", "/system_stats", timeout_s=timeout_s)
+        return body if isinstance(body, dict) else {}
+
+    async def object_info(self, cls: str | None = None) -> dict[str, Any]:
+        """All node classes (cached until a reconnect), or one class ({} when unknown)."""
+        if cls is None:
+            _, body = await self._json("GET", "/object_info")
+            self._object_info = body if isinstance(body, dict) else {}
+            self._object_info_loaded = True
+            return self._object_info
+        if cls in self._object_info:
+            return {cls: self._object_info[cls]}
+        _, body = await self._json("GET", f"/object_info/{cls}")
+        if isinstance(body, dict) and cls in body:
+            self._object_info[cls] = body[cls]
+            return {cls: body[cls]}
+        return {}
+
+    async def missing_classes(self, names: set[str]) -> list[str]:
+        """Class types ComfyUI does not know; a cache miss is re-checked with ComfyUI."""
+        if not self._object_info_loaded:
+            await self.object_info()
+        missing = [n for n in names if n not in self._object_info]
+        if missing:
+            await asyncio.gather(*(self.object_info(n) for n in missing))
+        return sorted(n for n in names if n not in self._object_info)
+
+    async def interrupt(self, prompt_id: str) -> None:
+        await self._json("POST", "/interrupt", json={"prompt_id": prompt_id})
+
+    async def delete_pending(self, prompt_ids: list[str]) -> None:
+        await self._json("POST", "/queue", json={"delete": prompt_ids})
+
+    async def free(self, unload_models: bool = True, free_memory: bool = True) -> None:
+        await self._json("POST", "/free", json={"unload_models": unload_models, "free_memory": free_memory})
+
+    async def upload_image(
+        self, data: bytes, name: str, subfolder: str = "", overwrite: bool = True
+    ) -> str:
+        """Place a file in ComfyUI's input folder; returns the name LoadImage takes."""
+        form = aiohttp.FormData()
+        form.add_field("image", data, filename=name, content_type="application/octet-stream")
+        form.add_field("subfolder", subfolder)
+        form.add_field("type", "input")
+        form.add_field("overwrite", "true" if overwrite else "false")
+        _, body = await self._json("POST", "/upload/image", data=form)
+        stored = body.get("name", name) if isinstance(body, dict) else name
+        folder = body.get("subfolder", subfolder) if isinstance(body, dict) else subfolder
+        return f"{folder}/{stored}" if folder else stored
+
+    async def view(self, filename: str, subfolder: str = "", type: str = "output") -> bytes:
+        params = {"filename": filename, "subfolder": subfolder, "type": type}
+        async with self._call("GET", "/view", params=params) as resp:
+            if resp.status != 200:
+                raise DeliveryFailed(
+                    f"ComfyUI could not serve output {subfolder}/{filename} (HTTP {resp.status})"
+                )
+            return await resp.read()
+
+    # ---- HTTP plumbing ----------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, timeout_s: float | None = None, **kw: Any) -> Any:
+        assert self._session is not None, "call start() first"
+        if timeout_s is not None:
+            kw["timeout"] = aiohttp.ClientTimeout(total=timeout_s)
+        return _Call(self._session.request(method, self.base_url + path, **kw), self.base_url, path)
+
+    async def _json(
+        self, method: str, path: str, *, ok: tuple[int, ...] = (200,), timeout_s: float | None = None, **kw: Any
+    ) -> tuple[int, Any]:
+        async with self._call(method, path, timeout_s=timeout_s, **kw) as resp:
+            raw = await resp.read()
+            if resp.status not in ok:
+                raise ComfyUnavailable(
+                    f"ComfyUI answered {resp.status} to {method} {path}: "
+                    f"{raw[:200].decode('utf-8', 'replace')}"
+                )
+            if not raw:
+                return resp.status, {}
+            try:
+                return resp.status, await resp.json(content_type=None)
+            except ValueError:
+                raise ComfyUnavailable(f"ComfyUI answered {method} {path} with non-JSON") from None
+
+
+_CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError, asyncio.TimeoutError)
+
+
+class _Call:
+    """`async with` around one request, mapping connection failures to ComfyUnavailable."""
+
+    def __init__(self, ctx: Any, base_url: str, path: str) -> None:
+        self._ctx, self._base_url, self._path = ctx, base_url, path
+
+    def _unavailable(self, exc: BaseException) -> ComfyUnavailable:
+        return ComfyUnavailable(
+            f"ComfyUI at {self._base_url} is not reachable ({type(exc).__name__} on {self._path}); "
+            "it may be starting or restarting, retry shortly"
+        )
+
+    async def __aenter__(self) -> aiohttp.ClientResponse:
+        try:
+            return await self._ctx.__aenter__()
+        except _CONNECTION_ERRORS as exc:
+            raise self._unavailable(exc) from None
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            await self._ctx.__aexit__(exc_type, exc, tb)
+        except _CONNECTION_ERRORS:
+            pass
+        if isinstance(exc, _CONNECTION_ERRORS):  # the body broke off mid-read
+            raise self._unavailable(exc) from None
+
+
+def _ts(data: dict[str, Any]) -> int | None:
+    ts = data.get("timestamp")
+    return int(ts) if isinstance(ts, (int, float)) else None

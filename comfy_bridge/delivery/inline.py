@@ -1,0 +1,111 @@
+"""Inline delivery: outputs come back base64-encoded in the response body.
+
+For a 1024x1024 PNG (1.8 MB) the encoding and JSON serialisation are most of what a
+bridge adds (FACTS.md), so each file is encoded once with SIMD base64 and the response
+body is assembled as bytes around the encoded blobs (`render`) instead of passing
+megabytes through a JSON serialiser.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pybase64
+from pydantic import PrivateAttr
+
+from comfy_bridge.delivery.base import Artifact
+from comfy_bridge.delivery.convert import convert_artifacts
+from comfy_bridge.errors import DeliveryFailed
+from comfy_bridge.jobs.protocol import GenerateResponse, JobInput, OutputFile
+from comfy_bridge.settings import BridgeSettings
+
+# Files above this are read and encoded in a thread so the event loop keeps serving.
+_THREAD_ABOVE_BYTES = 4 * 1024 * 1024
+# Strings shorter than this are left to the JSON serialiser.
+_SPLICE_ABOVE_CHARS = 4096
+
+
+class InlineDestination:
+    name = "inline"
+
+    def __init__(self, settings: BridgeSettings) -> None:
+        self.max_bytes = settings.max_inline_bytes
+
+    async def deliver(self, job: JobInput, artifacts: list[Artifact]) -> list[OutputFile]:
+        artifacts = await convert_artifacts(artifacts, job.output)
+        sizes = [a.size for a in artifacts]
+        total = sum(sizes)
+        if total > self.max_bytes:
+            err = DeliveryFailed(
+                f"outputs total {total} bytes, over the {self.max_bytes}-byte limit for inline "
+                "delivery; give an `s3` destination (or raise COMFY_BRIDGE_MAX_INLINE_BYTES). "
+                "The files were kept on the worker.",
+                total_bytes=total,
+                max_inline_bytes=self.max_bytes,
+            )
+            err.retriable = False  # type: ignore[misc]  # the same request would fail anywhere
+            raise err
+        outputs = []
+        for art, size in zip(artifacts, sizes):
+            if size > _THREAD_ABOVE_BYTES:
+                encoded = await asyncio.to_thread(_encode, art)
+            else:
+                encoded = _encode(art)
+            out = InlineOutputFile(
+                filename=art.filename,
+                node_id=art.node_id,
+                output_type=art.output_type,
+                mimetype=art.mimetype,
+                bytes=size,
+                data=encoded.decode("ascii"),
+            )
+            out._encoded = encoded
+            outputs.append(out)
+        return outputs
+
+
+class InlineOutputFile(OutputFile):
+    """An OutputFile that also keeps its base64 as bytes, so rendering copies nothing."""
+
+    _encoded: bytes | None = PrivateAttr(default=None)
+
+
+def _encode(art: Artifact) -> bytes:
+    return pybase64.b64encode(art.read_bytes())
+
+
+def render_parts(response: GenerateResponse) -> list[bytes]:
+    """The JSON body of `response` as pieces to write in order, big base64 blobs as-is.
+
+    Base64 needs no JSON escaping, so each big string is replaced by a unique marker,
+    the small remainder is serialised by pydantic, and the blobs go between the pieces:
+    a 2.4 MB blob is never copied into a joined string.
+    """
+    blobs: list[bytes] = []
+    marker = f"@cvw-{uuid.uuid4().hex}-"
+    outputs = []
+    for out in response.output:
+        if out.data is not None and len(out.data) > _SPLICE_ABOVE_CHARS:
+            outputs.append(out.model_copy(update={"data": f"{marker}{len(blobs)}@"}))
+            encoded = getattr(out, "_encoded", None)
+            blobs.append(encoded if encoded is not None and len(encoded) == len(out.data) else out.data.encode("ascii"))
+        else:
+            outputs.append(out)
+    if not blobs:
+        return [response.model_dump_json().encode()]
+    text = response.model_copy(update={"output": outputs}).model_dump_json().encode()
+    parts: list[bytes] = []
+    pos = 0
+    for i, blob in enumerate(blobs):
+        token = f"{marker}{i}@".encode()
+        at = text.index(token, pos)
+        parts += [text[pos:at], blob]
+        pos = at + len(token)
+    parts.append(text[pos:])
+    return parts
+
+
+def render(response: GenerateResponse) -> bytes:
+    """The JSON body of `response` in one piece."""
+    return b"".join(render_parts(response))

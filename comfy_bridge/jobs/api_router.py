@@ -1,0 +1,171 @@
+"""HTTP routes of the bridge: POST /generate/sync, GET /health, GET /ready.
+
+Every answer is JSON; a failure is always `{id, status: "failed", error: {...}}` with
+the status the error class carries, so callers (and the PyWorker in front) branch on
+the status alone. Tracebacks and secrets never leave the process: they go to the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+from pydantic_core import to_json
+
+from comfy_bridge import logs
+from comfy_bridge.comfy.client import ComfyClient
+from comfy_bridge.delivery import inline
+from comfy_bridge.errors import BadRequest, BridgeError, PayloadTooLarge
+from comfy_bridge.jobs.protocol import REQUEST_ID_PATTERN, GenerateRequest, JobInput
+from comfy_bridge.jobs.serving import JobRunner, failure_body
+
+log = logs.get(__name__)
+
+_REQUEST_ID_RE = re.compile(REQUEST_ID_PATTERN)
+_READY_TIMEOUT_S = 3.0
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=to_json(body), status=status, content_type="application/json")
+
+
+def error_response(err: BridgeError, request_id: str | None = None, prompt_id: str | None = None) -> web.Response:
+    return json_response(failure_body(request_id, err, prompt_id), err.status)
+
+
+class BridgeRoutes:
+    """The handlers, holding the runner and the jobs left running after their caller left."""
+
+    def __init__(self, runner: JobRunner, client: ComfyClient, max_body_bytes: int) -> None:
+        self.runner = runner
+        self.client = client
+        self.max_body_bytes = max_body_bytes
+        self.detached: set[asyncio.Task[Any]] = set()
+
+    def register(self, app: web.Application) -> None:
+        app.router.add_post("/generate/sync", self.generate)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/ready", self.ready)
+        app.on_shutdown.append(self._drain)
+
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return error_response(PayloadTooLarge(
+                f"request body is over the {self.max_body_bytes}-byte limit "
+                "(COMFY_BRIDGE_MAX_BODY_BYTES); send input images as URLs or s3:// keys "
+                "instead of base64"
+            ))
+        try:
+            payload = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            return error_response(BadRequest(
+                'body is not JSON: send {"input": {"workflow_json": {...}}} with '
+                "Content-Type: application/json"
+            ))
+        request_id = _request_id_of(payload)
+        if not isinstance(payload, dict) or "input" not in payload:
+            return error_response(BadRequest(
+                'missing "input": the body must be {"input": {...}} with workflow_json '
+                "(or modifier + modifications) inside"
+            ), request_id)
+        try:
+            job = GenerateRequest.model_validate(payload).input
+        except ValidationError as exc:
+            return error_response(_validation_error(exc), request_id)
+        return await self._run(job, request)
+
+    async def _run(self, job: JobInput, request: web.Request) -> web.StreamResponse:
+        task = asyncio.ensure_future(self.runner.run(job))
+        try:
+            response = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # The caller went away. Outputs bound for S3 or a webhook are still wanted;
+            # otherwise stop the prompt so it frees the GPU for someone who is waiting.
+            if job.s3 is not None or job.webhook is not None:
+                self.detached.add(task)
+                task.add_done_callback(self._detached_done)
+                log.info("caller left; finishing the request for its s3/webhook destination",
+                         extra={"fields": {"request_id": job.request_id}})
+            else:
+                task.cancel()
+                log.info("caller left; request cancelled", extra={"fields": {"request_id": job.request_id}})
+            raise
+        except BridgeError as err:
+            return error_response(err, job.request_id)
+        except Exception:
+            with logs.bind(request_id=job.request_id):
+                log.exception("unexpected error while running the request")
+            return error_response(
+                BridgeError("internal error in the bridge; it was logged with this request id"),
+                job.request_id,
+            )
+        return await _write_parts(request, inline.render_parts(response))
+
+    def _detached_done(self, task: asyncio.Task[Any]) -> None:
+        self.detached.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.warning("detached request failed: %s", getattr(exc, "message", repr(exc)))
+
+    async def _drain(self, app: web.Application) -> None:
+        if self.detached:
+            await asyncio.wait(self.detached, timeout=30)
+
+    async def health(self, request: web.Request) -> web.Response:
+        """The process is alive (always 200); says whether ComfyUI's websocket is up."""
+        return json_response({
+            "status": "ok",
+            "comfyui_connected": self.client.connected,
+            "requests_active": self.runner.active,
+            "prompts_inflight": self.runner.prompts_inflight,
+        })
+
+    async def ready(self, request: web.Request) -> web.Response:
+        """200 only when ComfyUI answers /system_stats: the bridge can take work."""
+        try:
+            stats = await asyncio.wait_for(self.client.system_stats(), _READY_TIMEOUT_S)
+        except (BridgeError, asyncio.TimeoutError) as exc:
+            message = exc.message if isinstance(exc, BridgeError) else "ComfyUI did not answer /system_stats in time"
+            return json_response({"status": "not_ready", "error": {"type": "comfyui_unavailable",
+                                                                  "message": message, "retriable": True}}, 503)
+        system = stats.get("system") if isinstance(stats.get("system"), dict) else {}
+        return json_response({"status": "ready", "comfyui_version": system.get("comfyui_version")})
+
+
+async def _write_parts(request: web.Request, parts: list[bytes]) -> web.StreamResponse:
+    """Write a pre-encoded body piece by piece (no joined multi-MB copy)."""
+    if len(parts) == 1:
+        return web.Response(body=parts[0], content_type="application/json")
+    resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+    resp.content_length = sum(len(p) for p in parts)
+    await resp.prepare(request)
+    for part in parts:
+        await resp.write(part)
+    await resp.write_eof()
+    return resp
+
+
+def _request_id_of(payload: Any) -> str | None:
+    """The caller's request_id, when it is valid, so even a refusal can be matched up."""
+    if isinstance(payload, dict) and isinstance(payload.get("input"), dict):
+        rid = payload["input"].get("request_id")
+        if isinstance(rid, str) and _REQUEST_ID_RE.match(rid):
+            return rid
+    return None
+
+
+def _validation_error(exc: ValidationError) -> BadRequest:
+    """One 422 listing each field's location and what is wrong (never echoing values)."""
+    problems = []
+    for e in exc.errors(include_url=False, include_input=False):
+        loc = ".".join(str(p) for p in e["loc"]) or "body"
+        msg = re.sub(r"^(Value|Assertion) error, ", "", e["msg"])
+        problems.append({"loc": loc, "message": msg})
+    text = "; ".join(f"{p['loc']}: {p['message']}" for p in problems)
+    return BadRequest(f"invalid request: {text}", errors=problems)

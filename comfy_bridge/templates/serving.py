@@ -1,0 +1,286 @@
+"""TemplateStore: named workflows a caller fills with typed, validated parameters.
+
+A backend sends `{"modifier": "sdxl_t2i", "modifications": {"prompt": ..., "seed": 7}}`
+instead of a 50 KB graph, and a typo gets a 422 naming what is allowed instead of a
+ComfyUI error deep in a node. Templates are read from `workflows/` (see protocol.py for
+the file format) and re-read when a file there changes, so adding one needs no restart.
+Parameter names also match case-insensitively, so payloads written for Vast's template
+(`PROMPT`, `WIDTH`, ...) keep working.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from comfy_bridge import logs
+from comfy_bridge.errors import BadRequest, UnknownTemplate
+from comfy_bridge.settings import BridgeSettings
+from comfy_bridge.templates.protocol import TEMPLATE_NAME_PATTERN, ParamSpec, TemplateSpec
+
+log = logs.get(__name__)
+
+_NAME_RE = re.compile(TEMPLATE_NAME_PATTERN)
+PARAMS_SUFFIX = ".params.json"
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+class InvalidValue(ValueError):
+    pass
+
+
+def coerce(spec: ParamSpec, value: Any) -> Any:
+    """The value as the graph needs it, or InvalidValue saying what is allowed."""
+    if spec.type == "string":
+        if not isinstance(value, str):
+            raise InvalidValue(f"must be a string, not {type(value).__name__}")
+        if spec.min_length is not None and len(value) < spec.min_length:
+            raise InvalidValue(f"must be at least {spec.min_length} characters")
+        if spec.max_length is not None and len(value) > spec.max_length:
+            raise InvalidValue(f"must be at most {spec.max_length} characters")
+        if spec.pattern is not None and not re.fullmatch(spec.pattern, value):
+            raise InvalidValue(f"must match {spec.pattern}")
+    elif spec.type == "boolean":
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            value = value.lower() == "true"
+        if not isinstance(value, bool):
+            raise InvalidValue("must be true or false")
+    else:
+        value = _number(spec, value)
+    if spec.enum is not None and value not in spec.enum:
+        shown = ", ".join(map(str, spec.enum[:50])) + (" ..." if len(spec.enum) > 50 else "")
+        raise InvalidValue(f"must be one of: {shown}")
+    return value
+
+
+def _number(spec: ParamSpec, value: Any) -> int | float:
+    kind = "an integer" if spec.type == "integer" else "a number"
+    if isinstance(value, bool):
+        raise InvalidValue(f"must be {kind}, not a boolean")
+    if isinstance(value, str):
+        try:
+            value = int(value.strip()) if spec.type == "integer" else float(value.strip())
+        except ValueError:
+            raise InvalidValue(f"must be {kind}, not {value!r}") from None
+    if not isinstance(value, (int, float)) or (isinstance(value, float) and not math.isfinite(value)):
+        raise InvalidValue(f"must be {kind}")
+    if spec.type == "integer":
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise InvalidValue("must be an integer")
+            value = int(value)
+    else:
+        value = float(value)
+    if spec.minimum is not None and value < spec.minimum:
+        raise InvalidValue(f"must be >= {_show(spec.minimum)}")
+    if spec.maximum is not None and value > spec.maximum:
+        raise InvalidValue(f"must be <= {_show(spec.maximum)}")
+    if spec.multiple_of is not None:
+        ratio = value / spec.multiple_of
+        if abs(ratio - round(ratio)) > 1e-9:
+            raise InvalidValue(f"must be a multiple of {_show(spec.multiple_of)}")
+    return value
+
+
+def _show(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def param_schema(spec: ParamSpec) -> dict[str, Any]:
+    """JSON Schema of one parameter."""
+    whole = spec.type == "integer"
+
+    def num(x: float) -> int | float:
+        return int(x) if whole or float(x).is_integer() else x
+
+    prop: dict[str, Any] = {"type": spec.type}
+    description = spec.description
+    if spec.randomize:
+        description = (description + " " if description else "") + "(random when omitted)"
+    if description:
+        prop["description"] = description
+    if spec.default is not None:
+        prop["default"] = spec.default
+    if spec.minimum is not None:
+        prop["minimum"] = num(spec.minimum)
+    if spec.maximum is not None:
+        prop["maximum"] = num(spec.maximum)
+    if spec.multiple_of is not None:
+        prop["multipleOf"] = num(spec.multiple_of)
+    if spec.enum is not None:
+        prop["enum"] = spec.enum
+    if spec.min_length is not None:
+        prop["minLength"] = spec.min_length
+    if spec.max_length is not None:
+        prop["maxLength"] = spec.max_length
+    if spec.pattern is not None:
+        prop["pattern"] = spec.pattern
+    return prop
+
+
+@dataclass
+class Template:
+    name: str
+    graph: dict[str, Any]
+    spec: TemplateSpec
+
+    def schema(self) -> dict[str, Any]:
+        params = self.spec.parameters
+        return {
+            "$schema": SCHEMA_DIALECT,
+            "title": self.name,
+            "description": self.spec.description,
+            "type": "object",
+            "properties": {name: param_schema(p) for name, p in params.items()},
+            "required": [name for name, p in params.items() if p.required],
+            "additionalProperties": False,
+        }
+
+    def expand(self, modifications: dict[str, Any]) -> dict[str, Any]:
+        params = self.spec.parameters
+        lowered = {name.lower(): name for name in params}
+        errors: list[dict[str, str]] = []
+        given: dict[str, Any] = {}
+        for key, value in (modifications or {}).items():
+            name = key if key in params else lowered.get(str(key).lower())
+            if name is None:
+                errors.append({"param": str(key), "message": "unknown parameter"})
+            elif name in given:
+                errors.append({"param": str(key), "message": f"given twice (as {name!r} too)"})
+            elif value is not None:
+                given[name] = value
+        values: dict[str, Any] = {}
+        for name, spec in params.items():
+            if name in given:
+                try:
+                    values[name] = coerce(spec, given[name])
+                except InvalidValue as exc:
+                    errors.append({"param": name, "message": str(exc)})
+            elif spec.randomize:
+                assert spec.minimum is not None and spec.maximum is not None
+                values[name] = random.randint(int(spec.minimum), int(spec.maximum))
+            elif spec.default is not None:
+                values[name] = spec.default
+            else:
+                errors.append({"param": name, "message": "is required"})
+        if errors:
+            listed = "; ".join(f"{e['param']}: {e['message']}" for e in errors)
+            raise BadRequest(
+                f"invalid modifications for template {self.name!r}: {listed} "
+                f"(allowed: {', '.join(params) or 'none'})",
+                template=self.name,
+                errors=errors,
+                allowed=self.schema()["properties"],
+            )
+        graph = copy.deepcopy(self.graph)
+        for name, value in values.items():
+            for node, input_name in params[name].split_targets():
+                graph[node]["inputs"][input_name] = value
+        return graph
+
+
+def load_template(graph_path: Path) -> Template:
+    """Read and cross-check a template; ValueError saying what is wrong with the files."""
+    name = graph_path.name[: -len(".json")]
+    if not _NAME_RE.match(name):
+        raise ValueError(f"template name {name!r} must match {TEMPLATE_NAME_PATTERN}")
+    graph = json.loads(graph_path.read_text())
+    if not isinstance(graph, dict) or not graph:
+        raise ValueError(f"{graph_path.name} must be an API-format graph object")
+    for node_id, node in graph.items():
+        if not isinstance(node, dict) or "class_type" not in node or not isinstance(node.get("inputs"), dict):
+            raise ValueError(f"{graph_path.name}: node {node_id} needs class_type and inputs (API format)")
+    spec_path = graph_path.with_name(name + PARAMS_SUFFIX)
+    spec = (
+        TemplateSpec.model_validate_json(spec_path.read_text())
+        if spec_path.exists()
+        else TemplateSpec()
+    )
+    for pname, p in spec.parameters.items():
+        for node, input_name in p.split_targets():
+            if node not in graph or input_name not in graph[node]["inputs"]:
+                raise ValueError(f"{spec_path.name}: {pname} targets {node}.{input_name}, not in the graph")
+        if p.default is not None:
+            try:
+                coerce(p, p.default)
+            except InvalidValue as exc:
+                raise ValueError(f"{spec_path.name}: default of {pname} {exc}") from None
+    return Template(name=name, graph=graph, spec=spec)
+
+
+class TemplateStore:
+    """All templates of a folder, re-read when its files change."""
+
+    def __init__(self, source: BridgeSettings | Path | str) -> None:
+        self.root = Path(source.workflows_dir if isinstance(source, BridgeSettings) else source)
+        self._templates: dict[str, Template] = {}
+        self.errors: dict[str, str] = {}
+        self._signature: tuple[Any, ...] | None = None
+        self._lock = threading.Lock()
+        self._refresh()
+
+    def _scan(self) -> tuple[Any, ...]:
+        try:
+            entries = [e for e in os.scandir(self.root) if e.name.endswith(".json") and e.is_file()]
+        except FileNotFoundError:
+            return ()
+        return tuple(sorted((e.name, e.stat().st_mtime_ns, e.stat().st_size) for e in entries))
+
+    def _refresh(self) -> None:
+        signature = self._scan()
+        if signature == self._signature:
+            return
+        with self._lock:
+            templates: dict[str, Template] = {}
+            errors: dict[str, str] = {}
+            for file_name, _, _ in signature:
+                if file_name.endswith(PARAMS_SUFFIX):
+                    continue
+                name = file_name[: -len(".json")]
+                try:
+                    templates[name] = load_template(self.root / file_name)
+                except (OSError, ValueError, ValidationError) as exc:
+                    errors[name] = str(exc)
+                    log.error("template %s not loaded: %s", name, exc)
+            self._templates, self.errors, self._signature = templates, errors, signature
+
+    def names(self) -> list[str]:
+        self._refresh()
+        return sorted(self._templates)
+
+    def get(self, name: str) -> Template:
+        self._refresh()
+        template = self._templates.get(name)
+        if template is None:
+            available = sorted(self._templates)
+            raise UnknownTemplate(
+                f"no workflow template named {name!r}; available: {', '.join(available) or 'none'}",
+                template=name,
+                available=available,
+            )
+        return template
+
+    def expand(self, name: str, modifications: dict[str, Any]) -> dict[str, Any]:
+        """The template's graph with the modifications applied; 422 listing what is allowed."""
+        return self.get(name).expand(modifications)
+
+    def schema(self, name: str) -> dict[str, Any]:
+        return self.get(name).schema()
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every template with the JSON Schema of its parameters."""
+        self._refresh()
+        return [
+            {"name": t.name, "description": t.spec.description, "schema": t.schema()}
+            for t in (self._templates[n] for n in sorted(self._templates))
+        ]

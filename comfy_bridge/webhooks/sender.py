@@ -1,0 +1,180 @@
+"""Posts each result to the request's `webhook.url`, signed, retried, and never in the way.
+
+The synchronous response is the caller's answer; a webhook is a copy for a backend that
+prefers callbacks. So `schedule` returns at once, the POST runs as its own task after the
+response, and a slow or dead receiver costs the request nothing. Unlike a single
+fire-and-forget call, a failed delivery (connection error, timeout, 408/425/429/5xx) is
+retried with exponential backoff: COMFY_BRIDGE_WEBHOOK_RETRIES (5) more attempts, the
+first after COMFY_BRIDGE_WEBHOOK_RETRY_BACKOFF_S (1 s), doubling, capped at 60 s; each
+attempt times out after COMFY_BRIDGE_WEBHOOK_TIMEOUT_S (10 s). Other statuses are final.
+
+Body: the response JSON (success or failure) with `extra_params` from the request added
+under that key. Signing: see `signing.py` (secret: `webhook.secret`, else
+COMFY_BRIDGE_WEBHOOK_SECRET).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from pydantic import BaseModel
+from yarl import URL
+
+from comfy_bridge import logs
+from comfy_bridge.inputs.netguard import AddressRefused, check_url, guarded_session, refused
+from comfy_bridge.jobs.protocol import JobInput, WebhookTarget
+from comfy_bridge.settings import BridgeSettings
+from comfy_bridge.webhooks.signing import (
+    ATTEMPT_HEADER,
+    ID_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    sign,
+)
+
+log = logs.get(__name__)
+
+_RETRY_STATUSES = {408, 425, 429}
+_MAX_DELAY_S = 60.0
+_THREAD_DUMP_BYTES = 1 << 20
+
+
+@dataclass
+class WebhookResult:
+    request_id: str
+    delivered: bool
+    attempts: int
+    status: int | None = None
+    error: str | None = None
+
+
+def _where(url: URL) -> str:
+    """What a log line may say of a URL: no query string, no user info (tokens live there)."""
+    return f"{url.scheme}://{url.host}{'' if url.port in (None, 80, 443) else ':' + str(url.port)}{url.path}"
+
+
+class WebhookSender:
+    """Signed, retried webhook POSTs in background tasks."""
+
+    def __init__(self, settings: BridgeSettings) -> None:
+        self.settings = settings
+        self._tasks: set[asyncio.Task[WebhookResult]] = set()
+        self._session: aiohttp.ClientSession | None = None
+
+    def schedule(self, job: JobInput, body: dict[str, Any] | BaseModel) -> asyncio.Task[WebhookResult] | None:
+        """Start delivering `body` to the job's webhook, if it has one; returns immediately."""
+        if job.webhook is None:
+            return None
+        task = asyncio.get_running_loop().create_task(
+            self._deliver(job.webhook, job.request_id, body), name=f"webhook-{job.request_id}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    @property
+    def pending(self) -> int:
+        return len(self._tasks)
+
+    async def _deliver(
+        self, target: WebhookTarget, request_id: str, body: dict[str, Any] | BaseModel
+    ) -> WebhookResult:
+        with logs.bind(request_id=request_id):
+            payload = body.model_dump(mode="json", exclude_none=True) if isinstance(body, BaseModel) else dict(body)
+            if target.extra_params:
+                payload["extra_params"] = target.extra_params
+            raw = await self._encode(payload)
+            secret_value = target.secret or self.settings.webhook_secret
+            secret = secret_value.get_secret_value() if secret_value else None
+            try:
+                url = check_url(target.url, allow_private=self.settings.allow_private_urls)
+            except (AddressRefused, ValueError) as exc:
+                log.error("webhook not sent: %s", exc)
+                return WebhookResult(request_id, False, 0, error=str(exc))
+            return await self._post_with_retries(url, raw, secret, request_id)
+
+    async def _encode(self, payload: dict[str, Any]) -> bytes:
+        def dump() -> bytes:
+            return json.dumps(payload, separators=(",", ":"), default=str).encode()
+
+        # Inline outputs make bodies of megabytes: encode those off the loop.
+        if any(isinstance(o, dict) and o.get("data") for o in payload.get("output") or []):
+            return await asyncio.to_thread(dump)
+        return dump()
+
+    async def _post_with_retries(
+        self, url: URL, raw: bytes, secret: str | None, request_id: str
+    ) -> WebhookResult:
+        retries = self.settings.webhook_retries
+        backoff = self.settings.webhook_retry_backoff_s
+        where = _where(url)
+        status: int | None = None
+        error: str | None = None
+        for attempt in range(1, retries + 2):
+            ts = int(time.time())
+            headers = {
+                "Content-Type": "application/json",
+                TIMESTAMP_HEADER: str(ts),
+                ID_HEADER: request_id,
+                ATTEMPT_HEADER: str(attempt),
+            }
+            if secret:
+                headers[SIGNATURE_HEADER] = sign(secret, ts, raw)
+            try:
+                async with self._http().post(url, data=raw, headers=headers, allow_redirects=False) as resp:
+                    status = resp.status
+                    await resp.read()
+                if 200 <= status < 300:
+                    log.info("webhook delivered to %s (attempt %d, HTTP %d)", where, attempt, status)
+                    return WebhookResult(request_id, True, attempt, status)
+                error = f"HTTP {status}"
+                if status not in _RETRY_STATUSES and status < 500:
+                    log.error("webhook to %s refused with HTTP %d: not retried", where, status)
+                    return WebhookResult(request_id, False, attempt, status, error)
+            except asyncio.CancelledError:
+                raise
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                why = refused(exc)
+                if why is not None:
+                    log.error("webhook not sent to %s: %s", where, why)
+                    return WebhookResult(request_id, False, attempt, None, str(why))
+                status = None
+                error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if attempt <= retries:
+                delay = min(_MAX_DELAY_S, backoff * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
+                log.warning(
+                    "webhook to %s failed (attempt %d of %d: %s), retrying in %.2fs",
+                    where, attempt, retries + 1, logs.redact(error or ""), delay,
+                )
+                await asyncio.sleep(delay)
+        log.error("webhook to %s failed after %d attempts: %s", where, retries + 1, logs.redact(error or ""))
+        return WebhookResult(request_id, False, retries + 1, status, error)
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = guarded_session(
+                allow_private=self.settings.allow_private_urls,
+                timeout_s=self.settings.webhook_timeout_s,
+                headers={"User-Agent": "comfy-vast-worker-webhook"},
+            )
+        return self._session
+
+    async def aclose(self, timeout_s: float = 5.0) -> None:
+        """Give pending deliveries a moment to finish, then cancel the rest."""
+        tasks = list(self._tasks)
+        if tasks:
+            _, still = await asyncio.wait(tasks, timeout=timeout_s)
+            for task in still:
+                task.cancel()
+            if still:
+                log.warning("%d webhook deliveries cancelled at shutdown", len(still))
+                await asyncio.gather(*still, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

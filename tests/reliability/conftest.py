@@ -1,0 +1,60 @@
+"""Fixtures of the reliability tests: a supervisor factory around the fake ComfyUI script."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+from typing import AsyncIterator, Callable
+
+import pytest
+
+from comfy_bridge.comfy.supervisor import ComfySupervisor
+
+HERE = Path(__file__).resolve().parent
+FAKE_COMFY = HERE / "fake_comfy.py"
+FIXTURES = HERE / "fixtures"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Recorder:
+    """A supervisor listener that keeps every (state, reason) it is told."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def __call__(self, state: str, reason: str) -> None:
+        self.events.append((state, reason))
+
+    @property
+    def states(self) -> list[str]:
+        return [s for s, _ in self.events]
+
+
+@pytest.fixture
+async def make_supervisor(tmp_path: Path) -> AsyncIterator[Callable[..., ComfySupervisor]]:
+    made: list[ComfySupervisor] = []
+
+    def make(*fake_args: str, **kwargs) -> ComfySupervisor:
+        kwargs.setdefault("log_path", tmp_path / "comfyui.log")
+        kwargs.setdefault("backoff_s", (0.05,))
+        kwargs.setdefault("probe_interval_s", 0.05)
+        kwargs.setdefault("start_timeout_s", 20)
+        kwargs.setdefault("cpu", True)
+        sup = ComfySupervisor(
+            tmp_path,
+            port=free_port(),
+            command=[sys.executable, str(FAKE_COMFY), *fake_args],
+            **kwargs,
+        )
+        made.append(sup)
+        return sup
+
+    yield make
+    for sup in made:
+        await sup.stop(grace_s=2)

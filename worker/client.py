@@ -1,0 +1,361 @@
+"""A backend's client for a comfy-vast-worker endpoint: route, call, retry, within a deadline.
+
+    async with WorkerClient("my-endpoint", api_key) as client:
+        result = await client.generate({"workflow_json": graph}, deadline_s=120)
+        for out in result.output: ...
+
+    result = generate_sync({"workflow_json": graph}, endpoint="my-endpoint", api_key=key)
+
+One call: POST {router}/route/ {endpoint, api_key, cost, request_idx} for a worker and
+its signed auth_data, then POST {worker}/generate/sync {auth_data, payload: {input}}.
+`cost` is the request's workload units (worker/workload.py), so the router balances in
+the units the workers report.
+
+Retries, with exponential backoff and jitter, never past the deadline:
+- the router: no worker ready (an answer without `url`: polled again with the same
+  request_idx), 429, 5xx, connection errors;
+- the worker: connection refused (nothing was sent), 429 (the queue is full: the
+  framework refused it), 503 (ComfyUI unavailable or restarting: the bridge refused it).
+Once a worker may have accepted the work (the request was sent and the connection then
+broke, or the deadline passed while it ran), it is not sent again, unless the caller gave
+`request_id`, which makes the request idempotent (outputs and webhooks are keyed by it):
+ResultUnknown says so instead.
+
+Results are typed: GenerateResponse on success; a failure from the worker raises the
+comfy_bridge error its FailureResponse names (MissingModels, ExecutionFailed...), with
+`.response` (the FailureResponse) and `.http_status`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl as ssl_lib
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+from pydantic import BaseModel, SecretStr, ValidationError
+
+from comfy_bridge import errors, logs
+from comfy_bridge.jobs.protocol import FailureResponse, GenerateResponse, JobInput
+from worker.workload import WorkloadModel
+
+log = logs.get(__name__)
+
+DEFAULT_ROUTER = "https://run.vast.ai"
+ROUTE = "/generate/sync"  # the PyWorker route (worker/pyworker.py)
+VAST_ROOT_CERT_URL = "https://console.vast.ai/static/jvastai_root.cer"
+
+
+class CallError(Exception):
+    """A call that did not produce a worker's answer."""
+
+
+class RouterError(CallError):
+    """The router refused the call (bad api key, unknown endpoint...): retrying won't help."""
+
+    def __init__(self, message: str, status: int | None = None, body: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+class CallTimeout(CallError, TimeoutError):
+    """The deadline passed before a result; `reason` is what was last in the way."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ResultUnknown(CallError):
+    """A worker accepted the request, then the connection broke: it may have run."""
+
+    def __init__(self, message: str, worker_url: str) -> None:
+        super().__init__(message)
+        self.worker_url = worker_url
+
+
+class WorkerHTTPError(CallError):
+    """The worker answered an error without a FailureResponse body (e.g. 401: bad signature)."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(f"worker answered HTTP {status}: {text[:300] or '(empty body)'}")
+        self.status = status
+        self.text = text
+
+
+def _error_classes() -> dict[str, type[errors.BridgeError]]:
+    found: dict[str, type[errors.BridgeError]] = {}
+    stack: list[type[errors.BridgeError]] = [errors.BridgeError]
+    while stack:
+        cls = stack.pop()
+        found.setdefault(cls.type, cls)
+        stack.extend(cls.__subclasses__())
+    return found
+
+
+def failure_error(status: int, failure: FailureResponse) -> errors.BridgeError:
+    """The comfy_bridge error a FailureResponse names, carrying the response."""
+    body = failure.error
+    cls = _error_classes().get(body.type, errors.BridgeError)
+    details = {k: v for k, v in (body.model_extra or {}).items()}
+    err = cls(body.message, **details)
+    err.response = failure  # type: ignore[attr-defined]
+    err.http_status = status  # type: ignore[attr-defined]
+    err.retriable_here = body.retriable  # type: ignore[attr-defined]
+    return err
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready data with secrets revealed (model_dump(mode='json') would mask them)."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, BaseModel):
+        return _plain(value.model_dump(exclude_none=True))
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+class _Retry(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class WorkerClient:
+    """Async client; one aiohttp session, reused. Use `async with` or `aclose()`."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        api_key: str,
+        *,
+        router_url: str = DEFAULT_ROUTER,
+        route: str = ROUTE,
+        session: aiohttp.ClientSession | None = None,
+        workload: WorkloadModel | None = None,
+        backoff_base_s: float = 0.25,
+        backoff_max_s: float = 5.0,
+        connect_timeout_s: float = 10.0,
+        worker_ssl: ssl_lib.SSLContext | bool | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self._api_key = api_key
+        self.router_url = router_url.rstrip("/")
+        self.route = route
+        self.workload = workload or WorkloadModel()
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.connect_timeout_s = connect_timeout_s
+        self._session = session
+        self._own_session = session is None
+        self._worker_ssl = worker_ssl
+
+    async def __aenter__(self) -> "WorkerClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+        return self._session
+
+    # --- the call -----------------------------------------------------------------------
+
+    async def generate(
+        self, job: dict[str, Any] | JobInput, *, deadline_s: float = 600.0, cost: float | None = None
+    ) -> GenerateResponse:
+        """Run one request on some worker of the endpoint; see the module docstring."""
+        payload_input, idempotent = self._prepare(job)
+        cost = self.workload.payload_units({"input": payload_input}) if cost is None else cost
+        deadline = time.monotonic() + deadline_s
+        request_idx = 0
+        failures = 0
+        reason = ""
+        with logs.bind(request_id=payload_input.get("request_id")):
+            while True:
+                try:
+                    ticket = await self._route_until_ready(cost, request_idx, deadline)
+                    request_idx = int(ticket.get("request_idx") or request_idx)
+                    return await self._call_worker(ticket, payload_input, deadline, idempotent)
+                except _Retry as r:
+                    reason = r.reason
+                    failures += 1
+                    log.info("retrying: %s", reason)
+                    await self._backoff(failures, deadline, reason)
+
+    def _prepare(self, job: dict[str, Any] | JobInput) -> tuple[dict[str, Any], bool]:
+        if isinstance(job, JobInput):
+            idempotent = "request_id" in job.model_fields_set
+            data = _plain(job)
+        elif isinstance(job, dict):
+            data = dict(job["input"]) if set(job) == {"input"} and isinstance(job["input"], dict) else dict(job)
+            idempotent = bool(data.get("request_id"))
+            data = _plain(data)
+        else:
+            raise TypeError("job must be a dict (the request's `input`) or a JobInput")
+        if not data.get("request_id"):
+            data["request_id"] = uuid.uuid4().hex
+        return data, idempotent
+
+    async def _backoff(self, failures: int, deadline: float, reason: str) -> None:
+        delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** min(failures - 1, 10))
+        delay *= random.uniform(0.5, 1.0)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise CallTimeout(f"deadline passed: {reason}", reason)
+        await asyncio.sleep(min(delay, remaining))
+        if deadline - time.monotonic() <= 0:
+            raise CallTimeout(f"deadline passed: {reason}", reason)
+
+    async def _route_until_ready(self, cost: float, request_idx: int, deadline: float) -> dict[str, Any]:
+        """auth_data of a ready worker; polls while none is ready."""
+        polls = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise CallTimeout("deadline passed while routing", "routing")
+            body = {
+                "endpoint": self.endpoint,
+                "api_key": self._api_key,
+                "cost": cost,
+                "request_idx": request_idx,
+                "replay_timeout": max(1.0, remaining),
+            }
+            try:
+                async with self._http().post(
+                    f"{self.router_url}/route/",
+                    json=body,
+                    headers={"Authorization": f"Bearer {self._api_key}"},
+                    timeout=aiohttp.ClientTimeout(total=min(remaining, 30.0), sock_connect=self.connect_timeout_s),
+                ) as r:
+                    text = await r.text()
+                    if r.status == 429 or r.status >= 500:
+                        raise _Retry(f"router answered HTTP {r.status}")
+                    if r.status != 200:
+                        raise RouterError(f"router refused the call: HTTP {r.status} {text[:300]}", r.status, text)
+                    try:
+                        answer = await r.json(content_type=None)
+                    except ValueError:
+                        raise _Retry("router answered something that is not JSON")
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                raise _Retry(f"router unreachable: {type(e).__name__}: {e}")
+            if isinstance(answer, dict) and answer.get("url"):
+                return answer
+            polls += 1
+            if isinstance(answer, dict):
+                request_idx = int(answer.get("request_idx") or request_idx)
+            status = answer.get("status") if isinstance(answer, dict) else answer
+            await self._backoff(polls, deadline, f"no worker ready ({status})")
+
+    async def _call_worker(
+        self, ticket: dict[str, Any], payload_input: dict[str, Any], deadline: float, idempotent: bool
+    ) -> GenerateResponse:
+        url = str(ticket["url"]).rstrip("/")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise CallTimeout("deadline passed before calling a worker", "routing")
+        ssl = await self._ssl_for(url)
+        try:
+            async with self._http().post(
+                f"{url}{self.route}",
+                json={"auth_data": ticket, "payload": {"input": payload_input}},
+                timeout=aiohttp.ClientTimeout(total=remaining, sock_connect=min(remaining, self.connect_timeout_s)),
+                ssl=ssl,
+            ) as r:
+                status = r.status
+                data = await r.read()
+        except aiohttp.ClientConnectorError as e:
+            raise _Retry(f"worker {url} unreachable: {e}")
+        except aiohttp.ConnectionTimeoutError as e:  # connecting timed out: nothing was sent
+            raise _Retry(f"worker {url} did not accept the connection: {e}")
+        except asyncio.TimeoutError:
+            raise CallTimeout(f"deadline passed while worker {url} ran the request", "worker busy")
+        except aiohttp.ClientError as e:
+            # Sent (or partly sent) and then lost: the worker may be running it.
+            if idempotent:
+                raise _Retry(f"connection to worker {url} broke ({type(e).__name__}); request_id makes a resend safe")
+            raise ResultUnknown(
+                f"connection to worker {url} broke after it accepted the request ({type(e).__name__}: {e}); "
+                "not resent, since it may have run: give a request_id to make resends safe",
+                url,
+            ) from e
+        if status == 200:
+            try:
+                return GenerateResponse.model_validate_json(data)
+            except ValidationError as e:
+                raise CallError(f"worker {url} answered 200 with an unexpected body: {e}") from e
+        if status == 429:
+            raise _Retry(f"worker {url} queue is full (429)")
+        failure: FailureResponse | None = None
+        try:
+            failure = FailureResponse.model_validate_json(data) if data else None
+        except ValidationError:
+            failure = None
+        if status == 503:
+            raise _Retry(f"worker {url} unavailable (503{': ' + failure.error.message if failure else ''})")
+        if failure is not None:
+            raise failure_error(status, failure)
+        raise WorkerHTTPError(status, data.decode("utf-8", "replace"))
+
+    async def _ssl_for(self, url: str) -> ssl_lib.SSLContext | bool | None:
+        """Vast workers serve HTTPS with certificates from Vast's own root (USE_SSL=true)."""
+        if not url.startswith("https://") or self._worker_ssl is not None:
+            return self._worker_ssl
+        async with self._http().get(VAST_ROOT_CERT_URL, timeout=aiohttp.ClientTimeout(total=30)) as r:
+            r.raise_for_status()
+            pem = (await r.read()).decode("ascii", "replace")
+        ctx = ssl_lib.create_default_context()
+        ctx.load_verify_locations(cadata=pem if "BEGIN CERTIFICATE" in pem else None)
+        # Vast's root sets pathlen without keyCertSign; OpenSSL 3 strict mode refuses it.
+        ctx.verify_flags &= ~ssl_lib.VERIFY_X509_STRICT
+        self._worker_ssl = ctx
+        return ctx
+
+
+class SyncWorkerClient:
+    """Blocking wrapper: one private event loop, one session, reused across calls."""
+
+    def __init__(self, endpoint: str, api_key: str, **kwargs: Any) -> None:
+        self._runner = asyncio.Runner()
+        self._client = WorkerClient(endpoint, api_key, **kwargs)
+
+    def generate(self, job: dict[str, Any] | JobInput, **kwargs: Any) -> GenerateResponse:
+        return self._runner.run(self._client.generate(job, **kwargs))
+
+    def close(self) -> None:
+        self._runner.run(self._client.aclose())
+        self._runner.close()
+
+    def __enter__(self) -> "SyncWorkerClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def generate_sync(
+    job: dict[str, Any] | JobInput,
+    *,
+    endpoint: str,
+    api_key: str,
+    router_url: str = DEFAULT_ROUTER,
+    deadline_s: float = 600.0,
+    **kwargs: Any,
+) -> GenerateResponse:
+    """One blocking call; see WorkerClient.generate."""
+    with SyncWorkerClient(endpoint, api_key, router_url=router_url, **kwargs) as c:
+        return c.generate(job, deadline_s=deadline_s)

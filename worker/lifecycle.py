@@ -1,0 +1,148 @@
+"""The PyWorker lifecycle: readiness before the benchmark, and health after it.
+
+The framework enters this context manager, then runs the benchmark, then tells the
+autoscaler the worker is loaded. So the benchmark only starts once ComfyUI really
+serves what the worker needs (Vast's template once raced its benchmark against the API
+wrapper and left workers errored for good).
+
+Health afterwards: a ComfyUI that is gone for good reaches the autoscaler as an
+error_msg (`backend.backend_errored`), so Vast replaces the worker; a restart in progress
+does not. With a supervised child that is the supervisor's call: its "failed" state is
+final, "restarting" is not. With an external ComfyUI (--comfyui-url) nobody knows, so
+it is declared gone after COMFY_WORKER_COMFYUI_GONE_AFTER_S seconds without an answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Protocol
+
+import aiohttp
+
+from comfy_bridge import logs
+from worker import readiness
+from worker.settings import WorkerSettings
+
+log = logs.get(__name__)
+
+
+class ErrorSink(Protocol):
+    def backend_errored(self, msg: str) -> None: ...
+
+
+class WorkerLifecycle:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        *,
+        bridge_url: str,
+        comfyui_url: str,
+        benchmark_graph: dict[str, Any] | None = None,
+        staged_names: list[str] | None = None,
+        supervisor: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.bridge_url = bridge_url.rstrip("/")
+        self.comfyui_url = comfyui_url.rstrip("/")
+        self.benchmark_graph = benchmark_graph
+        self.staged_names = staged_names or []
+        self.supervisor = supervisor
+        self.backend: ErrorSink | None = None
+        self.error: str | None = None
+        self.ready = asyncio.Event()
+        self._session: aiohttp.ClientSession | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._listening = False
+
+    def attach(self, backend: ErrorSink) -> None:
+        """The framework Backend that reports errors to the autoscaler."""
+        self.backend = backend
+
+    def report_error(self, msg: str) -> None:
+        """Tell the autoscaler this worker is beyond repair (once; Vast then replaces it)."""
+        if self.error is not None:
+            return
+        self.error = msg
+        log.error("worker errored: %s", msg)
+        if self.backend is not None:
+            self.backend.backend_errored(msg)
+
+    # --- the framework's hook -----------------------------------------------------------
+
+    async def __aenter__(self) -> "WorkerLifecycle":
+        self._session = aiohttp.ClientSession()
+        if self.supervisor is not None:
+            if not self._listening:
+                self.supervisor.add_listener(self._on_supervisor_state)
+                self._listening = True
+            await self.supervisor.start()
+        await readiness.check_ready(
+            self._session,
+            ready_url=f"{self.bridge_url}/ready",
+            comfyui_url=self.comfyui_url,
+            graph=self.benchmark_graph,
+            required_nodes=self.settings.required_nodes,
+            required_models=self.settings.required_models,
+            staged_names=self.staged_names,
+            timeout_s=self.settings.ready_timeout_s,
+        )
+        if self.supervisor is None:
+            self._watch = asyncio.create_task(self._watch_external(), name="comfyui-health")
+        self.ready.set()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop watching and stop the ComfyUI child; safe to call more than once."""
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+            self._watch = None
+        if self.supervisor is not None:
+            try:
+                await self.supervisor.stop()
+            except Exception:
+                log.warning("stopping ComfyUI failed", exc_info=True)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # --- health -------------------------------------------------------------------------
+
+    def _on_supervisor_state(self, state: str, reason: Any = None) -> Any:
+        if state == "failed":
+            self.report_error(f"ComfyUI failed and cannot be restarted: {reason or 'no reason given'}")
+        elif state == "restarting":
+            log.warning("ComfyUI is restarting: %s", reason or "")
+        return None
+
+    async def _watch_external(self) -> None:
+        """Declare an external ComfyUI gone once it has not answered for the grace period."""
+        assert self._session is not None
+        last_ok = time.monotonic()
+        interval = self.settings.health_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            if await self._answers():
+                last_ok = time.monotonic()
+                continue
+            silent = time.monotonic() - last_ok
+            if silent >= self.settings.comfyui_gone_after_s:
+                self.report_error(
+                    f"ComfyUI at {self.comfyui_url} has not answered for {silent:.0f} s"
+                )
+                return
+            log.warning("ComfyUI is not answering (for %.0f s)", silent)
+
+    async def _answers(self) -> bool:
+        assert self._session is not None
+        try:
+            timeout = aiohttp.ClientTimeout(total=max(1.0, min(10.0, self.settings.health_interval_s * 2)))
+            async with self._session.get(f"{self.comfyui_url}/system_stats", timeout=timeout) as r:
+                return r.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return False
+

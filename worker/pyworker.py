@@ -1,0 +1,118 @@
+"""The Vast PyWorker: `vastai.serverless.server.Worker` configured for ComfyUI.
+
+One route, `/generate/sync`, forwarded to the comfy_bridge app on loopback. How each
+piece of the configuration answers the issue:
+
+- allow_parallel_requests=True: a request goes to the bridge, and so into ComfyUI's queue,
+  the moment it arrives; the GPU starts the next prompt while the previous one's outputs
+  are encoded and sent. The framework still refuses (429) what would wait longer than
+  max_queue_time (queued units / max_perf).
+- workload_calculator: units from the graph (worker/workload.py), the same units the
+  benchmark measures max_perf in.
+- benchmark_config: a few generations of a configurable workflow with fresh seeds
+  (worker/benchmark.py), not the framework's default 8 x 10.
+- response relay: passes the bridge's status and body through unchanged (streamed), and
+  notes the status so a failed generation is reported as an error (honest_metrics.py);
+  a `comfyui_unrecoverable` failure errors the worker so Vast replaces it.
+- lifecycle: readiness and health (lifecycle.py), instead of scraping ComfyUI's log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Awaitable, Callable
+
+from aiohttp import ClientResponse, web
+from vastai.serverless.server import worker as vast
+
+from comfy_bridge import logs
+from worker import benchmark, honest_metrics
+from worker.lifecycle import WorkerLifecycle
+from worker.settings import WorkerSettings
+from worker.workload import WorkloadModel
+
+log = logs.get(__name__)
+
+ROUTE = "/generate/sync"
+_CHUNK = 256 * 1024
+
+
+def make_relay(
+    lifecycle: WorkerLifecycle | None = None,
+) -> Callable[[web.Request, ClientResponse], Awaitable[web.StreamResponse]]:
+    """The response generator: the bridge's answer, status and body, to the caller."""
+
+    async def relay(client_request: web.Request, model_response: ClientResponse) -> web.StreamResponse:
+        status = model_response.status
+        honest_metrics.note_status(status)
+        content_type = model_response.headers.get("Content-Type", "application/json")
+        try:
+            if not 200 <= status < 300:
+                body = await model_response.read()
+                _watch_failure(body, lifecycle)
+                return web.Response(body=body, status=status, headers={"Content-Type": content_type})
+            resp = web.StreamResponse(status=status, headers={"Content-Type": content_type})
+            if model_response.content_length is not None:
+                resp.content_length = model_response.content_length
+            await resp.prepare(client_request)
+            async for chunk in model_response.content.iter_chunked(_CHUNK):
+                await resp.write(chunk)
+            await resp.write_eof()
+            return resp
+        finally:
+            model_response.release()
+
+    return relay
+
+
+def _watch_failure(body: bytes, lifecycle: WorkerLifecycle | None) -> None:
+    """A bridge that says ComfyUI is gone for good makes the worker ask to be replaced."""
+    if lifecycle is None or len(body) > 1 << 20:
+        return
+    try:
+        error = json.loads(body).get("error") or {}
+    except (ValueError, AttributeError):
+        return
+    if isinstance(error, dict) and error.get("type") == "comfyui_unrecoverable":
+        lifecycle.report_error(str(error.get("message") or "ComfyUI is gone for good"))
+
+
+def build_worker(
+    settings: WorkerSettings,
+    *,
+    bridge_port: int,
+    lifecycle: WorkerLifecycle,
+    workload: WorkloadModel,
+    benchmark_job: dict[str, Any],
+) -> vast.Worker:
+    """A framework Worker wired to the bridge at 127.0.0.1:`bridge_port` (env already set)."""
+    handler = vast.HandlerConfig(
+        route=ROUTE,
+        allow_parallel_requests=settings.parallel_requests,
+        max_queue_time=settings.max_queue_time_s,
+        workload_calculator=workload.payload_units,
+        benchmark_config=vast.BenchmarkConfig(
+            generator=benchmark.payload_factory(benchmark_job),
+            runs=settings.benchmark_runs,
+            concurrency=settings.benchmark_concurrency,
+            do_warmup=settings.benchmark_warmup,
+        ),
+        response_generator=make_relay(lifecycle),
+    )
+    config = vast.WorkerConfig(
+        model_server_url="http://127.0.0.1",
+        model_server_port=bridge_port,
+        handlers=[handler],
+        lifecycle=lifecycle,
+    )
+    level = logging.getLogger().level
+    handler_levels = [(h, h.level) for h in logging.getLogger().handlers]
+    w = vast.Worker(config)
+    # Worker() forces the root logger (and its handlers) to DEBUG; put ours back.
+    logging.getLogger().setLevel(level)
+    for h, lvl in handler_levels:
+        h.setLevel(lvl)
+    honest_metrics.install(w.backend)
+    lifecycle.attach(w.backend)
+    return w
