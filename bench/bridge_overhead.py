@@ -1,16 +1,21 @@
 """What the bridge adds on top of ComfyUI's own execution, for one inline 1024x1024 PNG.
 
 Starts the ComfyUI double and the bridge (`comfy-worker bridge`) as subprocesses, so the
-RSS printed is the bridge's own, then sends N requests at concurrency 1 and 8:
+RSS and CPU printed are the bridge's own, then sends N requests at concurrency 1 and 8:
 
     overhead = caller's wall time - timings.execution_ms (ComfyUI's execution_start to
                execution_success, from the response)
 
-At concurrency 8 the overhead includes waiting in ComfyUI's queue (it runs one prompt at
-a time), so `minus queue` is printed too. Target on a 2-core box: p50 <= 10 ms and
-p99 <= 30 ms at concurrency 1.
+At concurrency 1 each bridge request alternates with one from a minimal direct client
+(persistent websocket, POST /prompt, `executing: null`, /history, file read, base64 +
+json.dumps, in the bench process): both see the same load, so the pair is a fair
+comparison on a shared machine. At concurrency 8 the overhead includes waiting in
+ComfyUI's queue (it runs one prompt at a time), so `minus queue` is printed too.
+`bridge CPU` (user+system seconds of the bridge process per request) moves little with
+other load. Target on a 2-core box: p50 <= 10 ms and p99 <= 30 ms at concurrency 1.
 
     .venv/bin/python bench/bridge_overhead.py [--requests 200] [--exec-ms 0] [--size 1024]
+        [--view] [--profile FILE (needs py-spy)]
 """
 
 from __future__ import annotations
@@ -54,9 +59,19 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], p: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, max(0, round(p / 100 * len(s)) - 1))]
+
+
+def summary(over: list[float]) -> str:
+    return f"p50 {pct(over, 50):.1f} ms  p95 {pct(over, 95):.1f} ms  p99 {pct(over, 99):.1f} ms"
 
 
 async def wait_ready(session: aiohttp.ClientSession, url: str, procs: list[subprocess.Popen], timeout: float = 60) -> None:
@@ -75,96 +90,125 @@ async def wait_ready(session: aiohttp.ClientSession, url: str, procs: list[subpr
     raise SystemExit(f"{url} not ready after {timeout}s")
 
 
-async def one(session: aiohttp.ClientSession, url: str, body: dict) -> tuple[float, float, float, dict]:
-    t0 = time.perf_counter()
-    async with session.post(url, json=body) as r:
-        raw = await r.read()
-        wall = (time.perf_counter() - t0) * 1000
-        if r.status != 200:
-            raise SystemExit(f"request failed {r.status}: {raw[:300]!r}")
-    data = json.loads(raw)
-    out = data["output"]
-    assert out and out[0]["data"] and out[0]["mimetype"] == "image/png", out
-    t = data["timings"]
-    return wall, t["execution_ms"], t["queued_ms"], {**t, "wall_ms": wall}
+class Bridge:
+    def __init__(self, session: aiohttp.ClientSession, url: str, size: int) -> None:
+        self.session, self.url, self.size = session, url + "/generate/sync", size
+
+    async def one(self, request_id: str | None = None) -> dict:
+        body = {"input": {"workflow_json": workflow(self.size)}}
+        if request_id:
+            body["input"]["request_id"] = request_id
+        t0 = time.perf_counter()
+        async with self.session.post(self.url, json=body) as r:
+            raw = await r.read()
+            wall = (time.perf_counter() - t0) * 1000
+            if r.status != 200:
+                raise SystemExit(f"request failed {r.status}: {raw[:300]!r}")
+        data = json.loads(raw)
+        out = data["output"]
+        assert out and out[0]["data"] and out[0]["mimetype"] == "image/png", out
+        return {**data["timings"], "wall_ms": wall}
 
 
-async def level(session: aiohttp.ClientSession, url: str, size: int, n: int, conc: int) -> None:
-    results: list[tuple[float, float, float, dict]] = []
-    counter = iter(range(n))
+class Direct:
+    """The least any client of ComfyUI pays: one websocket, /prompt, /history, file, base64."""
 
-    async def worker() -> None:
-        for i in counter:
-            body = {"input": {"request_id": f"bench-{conc}-{i}", "workflow_json": workflow(size)}}
-            results.append(await one(session, url, body))
+    def __init__(self, session: aiohttp.ClientSession, comfy: str, root: Path, size: int) -> None:
+        self.session, self.comfy, self.root, self.size = session, comfy, root, size
+        self.waiters: dict[str, asyncio.Future] = {}
+        self.stamps: dict[str, list[int]] = {}
 
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(conc)))
-    elapsed = time.perf_counter() - t0
-    over = [w - e for w, e, _, _ in results]
-    over_nq = [w - e - q for w, e, q, _ in results]
-    execs = [e for _, e, _, _ in results]
-    t = [r[3] for r in results]
-    print(
-        f"concurrency {conc}: n={n}  overhead p50 {pct(over, 50):.1f} ms  p95 {pct(over, 95):.1f} ms  "
-        f"p99 {pct(over, 99):.1f} ms  | minus queue p50 {pct(over_nq, 50):.1f} p99 {pct(over_nq, 99):.1f} ms"
-        f"  | ComfyUI exec p50 {pct(execs, 50):.1f} ms  | {n / elapsed:.1f} req/s"
-    )
-    # Where it goes (p50s): submit->execution_start, files->encoded, the rest inside the
-    # bridge (checks, POST /prompt, /history), and HTTP + rendering outside run().
-    inside = [x["total_ms"] - x["queued_ms"] - x["execution_ms"] - x["outputs_ms"] - x["inputs_ms"] for x in t]
-    print(
-        f"    p50 parts: queued {pct([x['queued_ms'] for x in t], 50):.1f}  outputs {pct([x['outputs_ms'] for x in t], 50):.1f}"
-        f"  other in run() {pct(inside, 50):.1f}  http+render {pct([x['wall_ms'] - x['total_ms'] for x in t], 50):.1f} ms"
-    )
+    async def start(self) -> None:
+        self.ws = await self.session.ws_connect(
+            self.comfy.replace("http", "ws", 1) + "/ws?clientId=bench-direct", max_msg_size=0, compress=0)
+        self.reader = asyncio.ensure_future(self._read())
 
-
-async def direct(session: aiohttp.ClientSession, comfy: str, root: Path, size: int, n: int) -> None:
-    """Baseline under the same load: a minimal in-process client of ComfyUI (persistent
-    websocket, POST /prompt, `executing: null`, /history, file read, base64 + json.dumps)."""
-    ws = await session.ws_connect(comfy.replace("http", "ws", 1) + "/ws?clientId=bench-direct",
-                                  max_msg_size=0, compress=0)
-    waiters: dict[str, asyncio.Future] = {}
-    stamps: dict[str, list[int]] = {}
-
-    async def read() -> None:
-        async for msg in ws:
+    async def _read(self) -> None:
+        async for msg in self.ws:
             if msg.type != aiohttp.WSMsgType.TEXT:
                 continue
             m = json.loads(msg.data)
             d = m.get("data") or {}
             pid = d.get("prompt_id")
             if m["type"] in ("execution_start", "execution_success") and pid:
-                stamps.setdefault(pid, []).append(d["timestamp"])
-            elif m["type"] == "executing" and d.get("node") is None and pid in waiters:
-                waiters[pid].set_result(None)
+                self.stamps.setdefault(pid, []).append(d["timestamp"])
+            elif m["type"] == "executing" and d.get("node") is None and pid in self.waiters:
+                self.waiters[pid].set_result(None)
 
-    reader = asyncio.ensure_future(read())
-    over = []
-    for i in range(n):
+    async def one(self) -> float:
         pid = str(uuid.uuid4())
-        graph = workflow(size)
+        graph = workflow(self.size)
         graph["2"]["inputs"]["filename_prefix"] = f"direct/{pid}/img"
-        waiters[pid] = asyncio.get_running_loop().create_future()
+        self.waiters[pid] = asyncio.get_running_loop().create_future()
         t0 = time.perf_counter()
-        async with session.post(comfy + "/prompt", json={"prompt": graph, "client_id": "bench-direct", "prompt_id": pid}) as r:
+        body = {"prompt": graph, "client_id": "bench-direct", "prompt_id": pid}
+        async with self.session.post(self.comfy + "/prompt", json=body) as r:
             await r.read()
-        await waiters.pop(pid)
-        async with session.get(f"{comfy}/history/{pid}") as r:
+        await asyncio.wait_for(self.waiters[pid], 30)
+        del self.waiters[pid]
+        async with self.session.get(f"{self.comfy}/history/{pid}") as r:
             hist = await r.json()
         outs = []
         for node in hist[pid]["outputs"].values():
             for img in node.get("images", []):
-                raw = (root / "output" / img["subfolder"] / img["filename"]).read_bytes()
+                raw = (self.root / "output" / img["subfolder"] / img["filename"]).read_bytes()
                 outs.append({"filename": img["filename"], "data": base64.b64encode(raw).decode()})
-        body = json.dumps({"output": outs}).encode()
+        payload = json.dumps({"output": outs}).encode()
         wall = (time.perf_counter() - t0) * 1000
-        start, end = stamps.pop(pid)
-        over.append(wall - (end - start))
-        assert len(body) > 1000
-    reader.cancel()
-    await ws.close()
-    print(f"direct baseline: n={n}  overhead p50 {pct(over, 50):.1f} ms  p95 {pct(over, 95):.1f} ms  p99 {pct(over, 99):.1f} ms")
+        assert len(payload) > 1000
+        start, end = self.stamps.pop(pid)
+        return wall - (end - start)
+
+    async def close(self) -> None:
+        self.reader.cancel()
+        await self.ws.close()
+
+
+def report(conc: int, t: list[dict], elapsed: float, cpu: float) -> None:
+    n = len(t)
+    over = [x["wall_ms"] - x["execution_ms"] for x in t]
+    over_nq = [o - x["queued_ms"] for o, x in zip(over, t)]
+    print(f"bridge, concurrency {conc}: n={n}  overhead {summary(over)}  | minus queue p50 "
+          f"{pct(over_nq, 50):.1f} p99 {pct(over_nq, 99):.1f} ms  | ComfyUI exec p50 "
+          f"{pct([x['execution_ms'] for x in t], 50):.1f} ms  | {n / elapsed:.1f} req/s")
+    # Where it goes (p50s): submit -> execution_start, files -> encoded, the rest inside
+    # run() (checks, POST /prompt, /history), and HTTP + rendering outside run().
+    inside = [x["total_ms"] - x["queued_ms"] - x["execution_ms"] - x["outputs_ms"] - x["inputs_ms"] for x in t]
+    print(f"    p50 parts: queued {pct([x['queued_ms'] for x in t], 50):.1f}  outputs "
+          f"{pct([x['outputs_ms'] for x in t], 50):.1f}  other in run() {pct(inside, 50):.1f}  http+render "
+          f"{pct([x['wall_ms'] - x['total_ms'] for x in t], 50):.1f} ms  | bridge CPU {cpu * 1000 / n:.1f} ms/request")
+
+
+async def level_1(bridge: Bridge, direct: Direct, n: int, pid: int, profile: str | None) -> None:
+    spy = None
+    if profile:
+        spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "-o", profile, "--format", "raw",
+                                "-r", "1000", "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await asyncio.sleep(1)
+    timings, direct_over, elapsed, cpu = [], [], 0.0, 0.0
+    for i in range(n):
+        t0, cpu0 = time.perf_counter(), cpu_s(pid)
+        timings.append(await bridge.one(f"bench-1-{i}"))
+        elapsed, cpu = elapsed + time.perf_counter() - t0, cpu + cpu_s(pid) - cpu0
+        direct_over.append(await direct.one())
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(30)
+    report(1, timings, elapsed, cpu)
+    print(f"direct client, interleaved: n={n}  overhead {summary(direct_over)}")
+
+
+async def level(bridge: Bridge, n: int, conc: int, pid: int) -> None:
+    timings: list[dict] = []
+    counter = iter(range(n))
+
+    async def worker() -> None:
+        for i in counter:
+            timings.append(await bridge.one(f"bench-{conc}-{i}"))
+
+    t0, cpu0 = time.perf_counter(), cpu_s(pid)
+    await asyncio.gather(*(worker() for _ in range(conc)))
+    report(conc, timings, time.perf_counter() - t0, cpu_s(pid) - cpu0)
 
 
 async def main() -> None:
@@ -188,34 +232,28 @@ async def main() -> None:
                f"http://127.0.0.1:{cport}", "--port", str(bport), "--log-level", "WARNING"]
         if not args.view:
             cmd += ["--comfyui-path", tmp]
-        bridge = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.DEVNULL)
         try:
             conn = aiohttp.TCPConnector(limit=0)
             async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=120)) as session:
                 base = f"http://127.0.0.1:{bport}"
-                await wait_ready(session, base + "/ready", [double, bridge])
-                url = base + "/generate/sync"
-                for i in range(args.warmup):
-                    await one(session, url, {"input": {"workflow_json": workflow(args.size)}})
-                print(f"bridge overhead, one {args.size}x{args.size} PNG inline, outputs read "
+                await wait_ready(session, base + "/ready", [double, proc])
+                bridge = Bridge(session, base, args.size)
+                direct = Direct(session, f"http://127.0.0.1:{cport}", Path(tmp), args.size)
+                await direct.start()
+                for _ in range(args.warmup):
+                    await bridge.one()
+                    await direct.one()
+                print(f"one {args.size}x{args.size} PNG inline, outputs read "
                       f"{'via /view' if args.view else 'from disk'}, double exec-ms {args.exec_ms:g}")
-                for conc in (1, 8):
-                    spy = None
-                    if args.profile and conc == 1:
-                        spy = subprocess.Popen(["py-spy", "record", "--pid", str(bridge.pid), "-o", args.profile,
-                                                "--format", "raw", "-r", "1000", "--nonblocking"],
-                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                        await asyncio.sleep(1)
-                    await level(session, url, args.size, args.requests, conc)
-                    if spy is not None:
-                        spy.send_signal(signal.SIGINT)
-                        spy.wait(30)
-                print(f"bridge RSS: {rss_mb(bridge.pid):.1f} MB")
-                await direct(session, f"http://127.0.0.1:{cport}", Path(tmp), args.size, args.requests)
+                await level_1(bridge, direct, args.requests, proc.pid, args.profile)
+                await level(bridge, args.requests, 8, proc.pid)
+                print(f"bridge RSS: {rss_mb(proc.pid):.1f} MB")
+                await direct.close()
         finally:
-            for p in (bridge, double):
+            for p in (proc, double):
                 p.terminate()
-            for p in (bridge, double):
+            for p in (proc, double):
                 try:
                     p.wait(10)
                 except subprocess.TimeoutExpired:

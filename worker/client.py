@@ -29,10 +29,12 @@ comfy_bridge error its FailureResponse names (MissingModels, ExecutionFailed...)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import ssl as ssl_lib
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -122,6 +124,13 @@ def _plain(value: Any) -> Any:
     return value
 
 
+@dataclass
+class _Place:
+    """The request's place in the router's queue, kept across polls and retries."""
+
+    request_idx: int = 0
+
+
 class _Retry(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -182,14 +191,13 @@ class WorkerClient:
         payload_input, idempotent = self._prepare(job)
         cost = self.workload.payload_units({"input": payload_input}) if cost is None else cost
         deadline = time.monotonic() + deadline_s
-        request_idx = 0
+        place = _Place()
         failures = 0
         reason = ""
         with logs.bind(request_id=payload_input.get("request_id")):
             while True:
                 try:
-                    ticket = await self._route_until_ready(cost, request_idx, deadline)
-                    request_idx = int(ticket.get("request_idx") or request_idx)
+                    ticket = await self._route_until_ready(cost, place, deadline)
                     return await self._call_worker(ticket, payload_input, deadline, idempotent)
                 except _Retry as r:
                     reason = r.reason
@@ -221,8 +229,9 @@ class WorkerClient:
         if deadline - time.monotonic() <= 0:
             raise CallTimeout(f"deadline passed: {reason}", reason)
 
-    async def _route_until_ready(self, cost: float, request_idx: int, deadline: float) -> dict[str, Any]:
-        """auth_data of a ready worker; polls while none is ready."""
+    async def _route_until_ready(self, cost: float, place: "_Place", deadline: float) -> dict[str, Any]:
+        """auth_data of a ready worker; polls while none is ready, keeping the request's
+        place (request_idx) across polls and retries."""
         polls = 0
         while True:
             remaining = deadline - time.monotonic()
@@ -232,7 +241,7 @@ class WorkerClient:
                 "endpoint": self.endpoint,
                 "api_key": self._api_key,
                 "cost": cost,
-                "request_idx": request_idx,
+                "request_idx": place.request_idx,
                 "replay_timeout": max(1.0, remaining),
             }
             try:
@@ -253,11 +262,12 @@ class WorkerClient:
                         raise _Retry("router answered something that is not JSON")
             except (aiohttp.ClientError, asyncio.TimeoutError) as e:
                 raise _Retry(f"router unreachable: {type(e).__name__}: {e}")
-            if isinstance(answer, dict) and answer.get("url"):
-                return answer
-            polls += 1
             if isinstance(answer, dict):
-                request_idx = int(answer.get("request_idx") or request_idx)
+                with contextlib.suppress(TypeError, ValueError):
+                    place.request_idx = int(answer.get("request_idx") or place.request_idx)
+                if answer.get("url"):
+                    return answer
+            polls += 1
             status = answer.get("status") if isinstance(answer, dict) else answer
             await self._backoff(polls, deadline, f"no worker ready ({status})")
 

@@ -223,23 +223,27 @@ class ComfyClient:
             seen = self._connections
             try:
                 async for msg in ws:
-                    if msg.type == aiohttp.WSMsgType.TEXT:
-                        event = ev.parse_text(msg.data)
-                        if event is not None:
-                            self._dispatch(event)
-                    elif msg.type == aiohttp.WSMsgType.BINARY:
-                        frame = ev.parse_binary(msg.data)
-                        if frame is not None:
-                            self._dispatch_binary(frame)
-                    elif msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSE):
+                    if msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSE):
                         break
+                    self._handle(msg)
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
                 pass
-            except Exception:  # a bug in dispatch must not stop every request
-                log.exception("websocket reader error")
             if not self._closing:
                 log.warning("websocket to ComfyUI closed; reconnecting")
                 await ws.close()
+
+    def _handle(self, msg: aiohttp.WSMessage) -> None:
+        try:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                event = ev.parse_text(msg.data)
+                if event is not None:
+                    self._dispatch(event)
+            elif msg.type == aiohttp.WSMsgType.BINARY:
+                frame = ev.parse_binary(msg.data)
+                if frame is not None:
+                    self._dispatch_binary(frame)
+        except Exception:  # one odd message must not cost every request its socket
+            log.exception("could not handle a websocket message")
 
     def _dispatch(self, event: ev.Event) -> None:
         pid = event.prompt_id

@@ -15,8 +15,11 @@ from pathlib import PurePath
 
 from PIL import Image
 
+from comfy_bridge import logs
 from comfy_bridge.delivery.base import Artifact
 from comfy_bridge.jobs.protocol import OutputOptions
+
+log = logs.get(__name__)
 
 _PIL_FORMAT = {"png": "PNG", "webp": "WEBP", "jpeg": "JPEG"}
 _EXTENSION = {"png": ".png", "webp": ".webp", "jpeg": ".jpg"}
@@ -37,7 +40,17 @@ def convert_artifact(artifact: Artifact, options: OutputOptions | None) -> Artif
     """
     if not _wants(artifact, options):
         return artifact
-    assert options is not None and options.format is not None
+    assert options is not None
+    try:
+        return _convert(artifact, options)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        # A file Pillow cannot read is still an output: deliver it as made.
+        log.warning("not converting %s: %s", artifact.filename, exc)
+        return artifact
+
+
+def _convert(artifact: Artifact, options: OutputOptions) -> Artifact:
+    assert options.format is not None
     target = options.format
     with Image.open(io.BytesIO(artifact.read_bytes())) as img:
         if img.format not in _CONVERTIBLE or getattr(img, "is_animated", False):

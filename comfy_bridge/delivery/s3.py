@@ -26,7 +26,8 @@ import random
 import socket
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import boto3
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
@@ -293,12 +294,11 @@ class S3Destination:
 
     async def deliver(self, job: JobInput, artifacts: list[Artifact]) -> list[OutputFile]:
         target = self.target(job)
-        if target is None:
-            raise DeliveryFailed(
-                "no S3 bucket: set input.s3.bucket_name or S3_BUCKET_NAME",
-                output=[],
-            )
         converted = await convert_artifacts(artifacts, job.output)
+        if target is None:  # pick() never routes here without a bucket; keep the files anyway
+            nowhere = S3Target("(none)", "", None, None, None, None)
+            error = "no S3 bucket: set input.s3.bucket_name or S3_BUCKET_NAME"
+            return await self._finish(job, nowhere, artifacts, converted, [ValueError()] * len(converted), error)
         secrets = target.secrets()
         try:
             await check_endpoint(target, allow_private=self.settings.allow_private_urls)

@@ -112,7 +112,7 @@ async def fetch_url(
         raise SourceError(f"refused: {exc} (private, loopback and link-local URLs are not fetched)") from None
     except ValueError as exc:
         raise SourceError(f"is not a fetchable URL: {exc}") from None
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise SourceError(f"could not be fetched within {timeout_s:g} s") from None
     except aiohttp.ClientError as exc:
         why = refused(exc)
@@ -165,7 +165,7 @@ async def fetch_s3(
         data = await asyncio.wait_for(asyncio.to_thread(read), settings.input_fetch_timeout_s)
     except SourceError:
         raise
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise SourceError(f"could not be read within {settings.input_fetch_timeout_s:g} s") from None
     except (ClientError, BotoCoreError) as exc:
         raise SourceError(f"could not be read: {describe_error(exc, secrets)}") from None

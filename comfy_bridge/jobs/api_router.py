@@ -19,7 +19,7 @@ from pydantic_core import to_json
 from comfy_bridge import logs
 from comfy_bridge.comfy.client import ComfyClient
 from comfy_bridge.delivery import inline
-from comfy_bridge.errors import BadRequest, BridgeError, PayloadTooLarge
+from comfy_bridge.errors import BadRequest, BridgeError, ComfyUnavailable, PayloadTooLarge
 from comfy_bridge.jobs.protocol import REQUEST_ID_PATTERN, GenerateRequest, JobInput
 from comfy_bridge.jobs.serving import JobRunner, failure_body
 
@@ -87,7 +87,7 @@ class BridgeRoutes:
         except asyncio.CancelledError:
             # The caller went away. Outputs bound for S3 or a webhook are still wanted;
             # otherwise stop the prompt so it frees the GPU for someone who is waiting.
-            if job.s3 is not None or job.webhook is not None:
+            if job.s3 is not None or job.webhook is not None or self.runner.settings.s3.bucket_name:
                 self.detached.add(task)
                 task.add_done_callback(self._detached_done)
                 log.info("caller left; finishing the request for its s3/webhook destination",
@@ -129,11 +129,13 @@ class BridgeRoutes:
     async def ready(self, request: web.Request) -> web.Response:
         """200 only when ComfyUI answers /system_stats: the bridge can take work."""
         try:
+            if self.runner.availability is not None:
+                self.runner.availability()  # a supervisor restarting ComfyUI: not ready
             stats = await asyncio.wait_for(self.client.system_stats(), _READY_TIMEOUT_S)
         except (BridgeError, asyncio.TimeoutError) as exc:
-            message = exc.message if isinstance(exc, BridgeError) else "ComfyUI did not answer /system_stats in time"
-            return json_response({"status": "not_ready", "error": {"type": "comfyui_unavailable",
-                                                                  "message": message, "retriable": True}}, 503)
+            err = exc if isinstance(exc, BridgeError) else ComfyUnavailable(
+                "ComfyUI did not answer /system_stats in time")
+            return json_response({"status": "not_ready", "error": err.to_dict()}, 503)
         system = stats.get("system") if isinstance(stats.get("system"), dict) else {}
         return json_response({"status": "ready", "comfyui_version": system.get("comfyui_version")})
 

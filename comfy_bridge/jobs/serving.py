@@ -10,6 +10,7 @@ stops holding the GPU.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import os
 import time
@@ -22,6 +23,7 @@ import pybase64
 from comfy_bridge import logs
 from comfy_bridge.comfy import graph as graphs
 from comfy_bridge.comfy.client import ComfyClient, PromptResult
+from comfy_bridge.comfy.supervisor import classify_execution_error
 from comfy_bridge.delivery import select
 from comfy_bridge.delivery.base import Artifact, Destination, guess_mimetype
 from comfy_bridge.errors import (
@@ -38,14 +40,6 @@ from comfy_bridge.settings import BridgeSettings
 
 log = logs.get(__name__)
 
-_OOM_MARKERS = ("out of memory", "outofmemoryerror", "allocation on device")
-_FATAL_MARKERS = (
-    "device-side assert",
-    "illegal memory access",
-    "unspecified launch failure",
-    "cuda error: misaligned address",
-    "cuda error: an illegal instruction",
-)
 # How long to wait for ComfyUI to confirm an interrupt before answering anyway.
 _ABANDON_WAIT_S = 5.0
 
@@ -98,6 +92,7 @@ class JobRunner:
         workload_fn: Callable[[dict[str, Any]], float] | None = None,
         on_fatal: Callable[[str], Any] | None = None,
         picker: Picker | None = None,
+        availability: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self.client = client
@@ -107,6 +102,8 @@ class JobRunner:
         self.workload_fn = workload_fn
         self.on_fatal = on_fatal
         self.picker = picker or select.pick
+        # Raises ComfyUnavailable while a supervisor restarts ComfyUI: 503 at once.
+        self.availability = availability
         self.active = 0  # requests inside run()
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -124,7 +121,7 @@ class JobRunner:
             with logs.bind(request_id=job.request_id):
                 response = await self._run(job)
         except BridgeError as err:
-            self._notify(job, lambda: failure_body(job.request_id, err))
+            self._notify(job, functools.partial(failure_body, job.request_id, err))
             raise
         finally:
             self.active -= 1
@@ -143,12 +140,13 @@ class JobRunner:
         if missing:
             raise graphs.missing_classes_error(missing, graph)
 
-        t_inputs = time.monotonic()
-        staged, uploaded = await self._stage(job)
-        inputs_ms = (time.monotonic() - t_inputs) * 1000
-
-        out_dir = ""
+        if self.availability is not None:
+            self.availability()
+        out_dir, uploaded = "", []
         try:
+            t_inputs = time.monotonic()
+            staged, uploaded = await self._stage(job)
+            inputs_ms = (time.monotonic() - t_inputs) * 1000
             result, out_dir = await self._execute(job, graph, staged, deadline, timeout_s)
             t_out = time.monotonic()
             artifacts = await self._collect(result, out_dir)
@@ -160,6 +158,8 @@ class JobRunner:
             raise
         finally:
             self._cleanup(out_dir, uploaded)
+            if job.images and self.stager is not None and hasattr(self.stager, "cleanup"):
+                self._spawn(self.stager.cleanup(job))
 
         return GenerateResponse(
             id=job.request_id,
@@ -285,17 +285,17 @@ class JobRunner:
             )
         exc_type = str(data.get("exception_type") or "")
         message = str(data.get("exception_message") or "").strip()
-        text = f"{exc_type} {message}".lower()
         where = f"node {node_id} ({node_type})" if node_id is not None else "a node"
         details = dict(prompt_id=result.prompt_id, node_id=node_id, node_type=node_type,
                        exception_type=exc_type or None)
-        if any(m in text for m in _OOM_MARKERS):
+        kind = classify_execution_error(exc_type, message)
+        if kind == "out_of_memory":
             return OutOfMemory(
                 f"{where} ran out of GPU memory after {self.settings.oom_retries} retry(ies) with "
                 f"models unloaded: {message} (lower the resolution or batch size)",
                 **details,
             )
-        if any(m in text for m in _FATAL_MARKERS):
+        if kind == "cuda_fatal":
             log.error("fatal CUDA error: %s", message)
             if self.on_fatal is not None:
                 self._spawn(_maybe_await(self.on_fatal(message)))
@@ -370,6 +370,17 @@ class JobRunner:
         """Wait for background work (cleanups, webhook scheduling) to finish."""
         while self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """Finish background work and close the collaborators that hold sessions."""
+        await self.drain()
+        for part in (self.stager, self.webhooks):
+            closer = getattr(part, "aclose", None)
+            if closer is not None:
+                try:
+                    await closer()
+                except Exception:
+                    log.exception("closing %s failed", type(part).__name__)
 
     # ---- background work ----------------------------------------------------------------------
 

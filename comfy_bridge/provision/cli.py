@@ -58,6 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parallel-files", type=int, default=int(env.get("COMFY_WORKER_DOWNLOAD_FILES", 3)),
                    help="model files downloaded at once, default 3")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--print-benchmark", action="store_true",
+                   help="print the manifest's benchmark workflow path and exit (for start_server.sh)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -82,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         manifest = load_manifest(args.manifest)
+        if args.print_benchmark:
+            path = manifest.benchmark_path()
+            print(path if path else "")
+            return 0
         opts = Options(comfyui_path=args.comfyui_path.absolute(),
                        models_dir=args.models_dir.absolute() if args.models_dir else None,
                        python=args.python, gpu=args.gpu or _default_gpu(), cuda_version=args.cuda_version,

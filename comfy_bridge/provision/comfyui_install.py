@@ -90,8 +90,9 @@ def install_argv(spec: ComfyUISpec, path: Path, gpu: Gpu, cuda_version: str | No
     if cli is None:
         raise ProvisionFailed("comfy-cli is not installed: pip install 'comfy-vast-worker[provision]' "
                               "(or comfy-cli) into the worker's environment")
+    # comfy-cli accepts --commit only with an explicit --version nightly (checked against 1.23).
     argv = [cli, "--skip-prompt", "--workspace", str(path), "install", "--url", spec.repo,
-            "--commit", spec.commit, "--skip-manager", f"--{gpu}"]
+            "--version", "nightly", "--commit", spec.commit, "--skip-manager", f"--{gpu}"]
     if gpu == "nvidia" and cuda_version:
         argv += ["--cuda-version", cuda_version]
     return argv

@@ -11,10 +11,12 @@ a stamp records what was installed so a rerun does nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -108,7 +110,8 @@ async def _checkout(path: Path, ref: str) -> str:
 
 
 async def _clone(pack: CustomNodePack, dest: Path) -> str:
-    tmp = dest.with_name(f".{dest.name}.provisioning")
+    # Cloned next to custom_nodes/, not in it: ComfyUI imports every folder in there.
+    tmp = dest.parent.parent / ".comfy-worker-clones" / dest.name
     if tmp.exists():
         shutil.rmtree(tmp)  # left by an interrupted run
     tmp.mkdir(parents=True)
@@ -118,6 +121,8 @@ async def _clone(pack: CustomNodePack, dest: Path) -> str:
         await _fetch_ref(tmp, pack.ref)
         commit = await _checkout(tmp, pack.ref)
         os.replace(tmp, dest)
+        with contextlib.suppress(OSError):
+            tmp.parent.rmdir()
         return commit
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -154,6 +159,30 @@ class NodeState:
         os.replace(tmp, self.path)
 
 
+# Packages a pack's requirements must never replace: ComfyUI's PyTorch build matches the
+# machine's CUDA, and a pack asking for another torch would silently swap it.
+_PROTECTED = ("torch", "torchvision", "torchaudio", "xformers")
+_VERSIONS = ("import importlib.metadata as m, json, sys\n"
+             "out = {}\n"
+             "for n in sys.argv[1:]:\n"
+             "    try: out[n] = m.version(n)\n"
+             "    except m.PackageNotFoundError: pass\n"
+             "print(json.dumps(out))")
+
+
+async def _protect_constraints(python: str, folder: Path) -> list[str]:
+    """`-c FILE` pinning the installed torch family, or nothing when none is installed."""
+    try:
+        found = json.loads(await run_cmd([python, "-c", _VERSIONS, *_PROTECTED], timeout_s=120))
+    except (CommandFailed, ValueError, OSError):
+        return []
+    if not found:
+        return []
+    path = folder / "protected-constraints.txt"
+    path.write_text("".join(f"{name}=={version}\n" for name, version in sorted(found.items())))
+    return ["-c", str(path)]
+
+
 async def _install_requirements(pack: CustomNodePack, path: Path, python: str) -> None:
     pip = [python, "-m", "pip", "install", "--no-input", "--disable-pip-version-check", "-q"]
     req = path / "requirements.txt"
@@ -163,7 +192,9 @@ async def _install_requirements(pack: CustomNodePack, path: Path, python: str) -
     args += list(pack.pip)
     if args:
         log.info("installing requirements of %s: %s", pack.name, " ".join(a for a in args if a != "-r"))
-        await run_cmd(pip + args, cwd=path, timeout_s=3600)
+        with tempfile.TemporaryDirectory(prefix="comfy-worker-pip-") as tmp:
+            args += await _protect_constraints(python, Path(tmp))
+            await run_cmd(pip + args, cwd=path, timeout_s=3600)
     if pack.install_script and (path / "install.py").exists():
         log.info("running install.py of %s", pack.name)
         await run_cmd([python, "install.py"], cwd=path, timeout_s=3600)

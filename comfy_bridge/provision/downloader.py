@@ -10,7 +10,7 @@ Why this shape:
 - A file reaches its final name only after its sha256 matches the manifest, so ComfyUI
   never loads a truncated or swapped checkpoint; a mismatch leaves no file behind.
 - Re-hashing 7 GB on every start would cost seconds, so a verified file is remembered by
-  (size, mtime, inode) in `.comfy-worker-verified.json` next to the models.
+  (size, mtime) in `.comfy-worker-verified.json` next to the models.
 - Tokens come from HF_TOKEN / CIVITAI_TOKEN, travel only in an Authorization header to
   the manifest URL's own host (never to the CDN it redirects to) and are never logged.
 """
@@ -29,15 +29,17 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, TextIO
+from typing import TYPE_CHECKING, Any, Literal, Mapping, TextIO
 from urllib.parse import urljoin, urlsplit
 
-import aiohttp
 from pydantic import BaseModel
 
 from comfy_bridge import logs
 from comfy_bridge.errors import DownloadFailed
 from comfy_bridge.provision.manifest import TOKEN_ENV, ModelFile
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logs.get(__name__)
 
@@ -89,7 +91,9 @@ class VerifiedCache:
 
     @staticmethod
     def _key(st: os.stat_result, sha256: str) -> dict[str, Any]:
-        return {"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
+        # Not the inode nor sub-second mtime: image layers and volume snapshots keep neither,
+        # and a baked-in model must not be re-hashed at every cold start.
+        return {"sha256": sha256, "size": st.st_size, "mtime": int(st.st_mtime)}
 
     def matches(self, dest: str, st: os.stat_result, sha256: str) -> bool:
         return self.entries.get(dest) == self._key(st, sha256)
@@ -282,6 +286,10 @@ class _NoRanges(Exception):
     """The server answered a Range request with the whole file."""
 
 
+class _Expired(_Transient):
+    """A redirect target (a signed CDN URL) refused us: it expired; resolve the URL again."""
+
+
 def _host(url: str) -> str:
     return urlsplit(url).netloc.lower()
 
@@ -318,6 +326,8 @@ class _FileDownload:
         self.token_set = bool(token)
         self.url = m.url
         self.ranges = True
+        self._expired = False
+        self._resolving = asyncio.Lock()
 
     # -- errors that name what to do
 
@@ -351,6 +361,7 @@ class _FileDownload:
 
     async def _resolve(self) -> int:
         """Follow redirects by hand (to drop the token off-origin); learn size and Range support."""
+        import aiohttp
         url = self.m.url
         for _ in range(10):
             headers = {**self._headers_for(url), "Range": "bytes=0-0"}
@@ -380,35 +391,44 @@ class _FileDownload:
         raise DownloadFailed(f"{self.m.dest}: too many redirects from {self.origin}", dest=self.m.dest)
 
     async def _fetch(self, fd: int, state: _PartState, i: int) -> None:
+        import aiohttp
         start, end = state.span(i)
         pos = start + state.done[i]
         headers = self._headers_for(self.url)
         whole = not self.ranges
         if not whole:
             headers["Range"] = f"bytes={pos}-{end}"
+        buf = bytearray()
+
+        async def flush() -> None:
+            # What arrived is kept even when the connection then drops: a retry resumes after it.
+            nonlocal pos
+            if buf:
+                await asyncio.to_thread(os.pwrite, fd, bytes(buf), pos)
+                pos += len(buf)
+                state.done[i] += len(buf)
+                self.progress.add(self.m.dest, len(buf))
+                buf.clear()
+
         try:
             async with self.session.get(self.url, headers=headers) as r:
                 if r.status == 200 and not whole:
                     raise _NoRanges()
+                if r.status in (401, 403, 410) and _host(self.url) != self.origin:
+                    self._expired = True
+                    raise _Expired(f"{r.status} from {_host(self.url)} (signed URL expired?)")
                 if r.status not in (200, 206):
                     raise self._http_error(r.status, self.url)
-                buf = bytearray()
-                async for data in r.content.iter_chunked(_READ_PIECE):
-                    room = end + 1 - pos - len(buf)
-                    buf += data[:room]
-                    if len(buf) >= _WRITE_BUF or len(buf) == end + 1 - pos:
-                        await asyncio.to_thread(os.pwrite, fd, bytes(buf), pos)
-                        pos += len(buf)
-                        state.done[i] += len(buf)
-                        self.progress.add(self.m.dest, len(buf))
-                        buf.clear()
-                    if room <= len(data):
-                        break
-                if buf:
-                    await asyncio.to_thread(os.pwrite, fd, bytes(buf), pos)
-                    pos += len(buf)
-                    state.done[i] += len(buf)
-                    self.progress.add(self.m.dest, len(buf))
+                try:
+                    async for data in r.content.iter_chunked(_READ_PIECE):
+                        room = end + 1 - pos - len(buf)
+                        buf += data[:room]
+                        if len(buf) >= _WRITE_BUF or len(data) >= room:
+                            await flush()
+                        if len(data) >= room:
+                            break
+                finally:
+                    await flush()
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise _Transient(f"{type(exc).__name__}: {exc}") from exc
         if pos != end + 1:
@@ -448,11 +468,13 @@ class _FileDownload:
         try:
             os.ftruncate(fd, self.m.size)
             self.progress.start(self.m.dest, self.m.size, resumed)
-            saver = asyncio.get_running_loop().create_task(self._save_periodically(state))
+            stop = asyncio.Event()
+            saver = asyncio.get_running_loop().create_task(self._save_periodically(state, stop))
             try:
                 await self._fetch_all(fd, state)
             finally:
-                saver.cancel()
+                stop.set()
+                await saver  # let a save in flight finish: it must not land after the cleanup below
                 state.save(self.part)
             os.fsync(fd)
         finally:
@@ -474,16 +496,23 @@ class _FileDownload:
         return ModelReport(dest=self.m.dest, status="downloaded", bytes=self.m.size,
                            detail=f"{fetched} bytes in {took:.1f}s" + (f", resumed at {resumed}" if resumed else ""))
 
-    async def _save_periodically(self, state: _PartState) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            await asyncio.to_thread(state.save, self.part)
+    async def _save_periodically(self, state: _PartState, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+            if not stop.is_set():
+                await asyncio.to_thread(state.save, self.part)
 
     async def _fetch_all(self, fd: int, state: _PartState) -> None:
         pending = deque(i for i in range(state.n) if state.remaining(i) > 0)
 
         async def fetch_chunk(i: int) -> None:
             async def once() -> None:
+                if self._expired:
+                    async with self._resolving:
+                        if self._expired:
+                            await self._resolve()
+                            self._expired = False
                 if not self.ranges and state.done[i]:
                     self.progress.add(self.m.dest, -state.done[i])
                     state.done[i] = 0  # whole-file stream: start over
@@ -551,6 +580,8 @@ async def ensure_models(models: list[ModelFile], models_dir: Path, opts: Downloa
     for m, r in zip(models, reports):
         if r.status in ("wrong_size", "wrong_hash"):
             log.warning("replacing %s: %s", m.dest, r.detail)
+
+    import aiohttp  # here, not at module level: a provision with nothing to fetch starts faster
 
     timeout = aiohttp.ClientTimeout(total=None, connect=opts.connect_timeout_s, sock_read=opts.read_timeout_s)
     connector = aiohttp.TCPConnector(limit=opts.connections * opts.parallel_files + 4, limit_per_host=0)

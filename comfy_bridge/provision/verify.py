@@ -451,3 +451,22 @@ async def startup_check(comfyui_url: str, manifest: Manifest | None = None, *, w
     else:
         log.error("%s", report.message, extra={"fields": {"missing": [m.model_dump() for m in report.missing]}})
     return report
+
+
+def raise_if_incomplete(object_info: dict[str, Any], manifest_path: Path | str | None = None,
+                        workflows_dir: Path | None = None) -> VerifyReport:
+    """For a readiness check that already holds /object_info: raise ComfyIncomplete naming
+    each missing pack and class (its message is what the autoscaler's error_msg should say).
+
+    The manifest is COMFY_WORKER_MANIFEST, else the repository's; the benchmark is not
+    re-checked here (the caller checks its own benchmark graph)."""
+    import os
+
+    from comfy_bridge.provision.manifest import load_manifest
+
+    manifest = load_manifest(manifest_path or os.environ.get("COMFY_WORKER_MANIFEST") or None)
+    report = verify_object_info(object_info, manifest, template_graphs(workflows_dir))
+    if not report.ok:
+        log.error("%s", report.message, extra={"fields": {"missing": [m.model_dump() for m in report.missing]}})
+        raise report.error()
+    return report

@@ -46,9 +46,9 @@ class ParamSpec(BaseModel):
     description: str = ""
     default: Any = None
     randomize: bool = False
-    minimum: float | None = None
-    maximum: float | None = None
-    multiple_of: float | None = Field(default=None, gt=0)
+    minimum: int | float | None = None
+    maximum: int | float | None = None
+    multiple_of: int | float | None = Field(default=None, gt=0)
     enum: list[Any] | None = None
     min_length: int | None = Field(default=None, ge=0)
     max_length: int | None = Field(default=None, ge=0)
@@ -72,7 +72,7 @@ class ParamSpec(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _randomize(self) -> "ParamSpec":
+    def _randomize(self) -> ParamSpec:
         if self.randomize and (
             self.type != "integer" or self.minimum is None or self.maximum is None
         ):

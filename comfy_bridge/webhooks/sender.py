@@ -139,7 +139,7 @@ class WebhookSender:
                     return WebhookResult(request_id, False, attempt, status, error)
             except asyncio.CancelledError:
                 raise
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 why = refused(exc)
                 if why is not None:
                     log.error("webhook not sent to %s: %s", where, why)

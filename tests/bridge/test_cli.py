@@ -23,7 +23,7 @@ async def test_cli_bridge_serves_requests(double, tmp_path):
     try:
         url = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession() as session:
-            for _ in range(300):
+            for _ in range(600):  # up to 30 s on a loaded 2-core box
                 assert proc.poll() is None, proc.communicate()
                 try:
                     async with session.get(url + "/ready") as r:

@@ -134,3 +134,41 @@ async def test_workload_fn_is_reported(double, make_bridge):
     bridge = await make_bridge(double.url, double.root, workload_fn=lambda g: float(len(g)))
     status, body = await bridge.generate(save_graph())
     assert status == 200 and body["workload"] == 2.0
+
+
+async def test_webhook_gets_the_response(double, make_bridge):
+    from aiohttp import web
+
+    got: asyncio.Queue = asyncio.Queue()
+
+    async def hook(request: web.Request) -> web.Response:
+        await got.put(await request.json())
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        bridge = await make_bridge(double.url, double.root, allow_private_urls=True)
+        status, body = await bridge.generate(save_graph(), request_id="hooked",
+                                             webhook={"url": f"http://127.0.0.1:{port}/hook"})
+        assert status == 200, body
+        delivered = await asyncio.wait_for(got.get(), 10)
+        assert delivered["id"] == "hooked" and delivered["status"] == "success"
+        assert delivered["output"][0]["data"] == body["output"][0]["data"]
+    finally:
+        await runner.cleanup()
+
+
+async def test_history_race_is_not_lost(make_comfy_double, make_bridge):
+    """/history is still empty when execution_success arrives; we wait for `executing: null`."""
+    double = await make_comfy_double(history_lag_s=0.3)
+    bridge = await make_bridge(double.url, double.root)
+    status, body = await bridge.generate(save_graph(batch=2))
+    assert status == 200, body
+    assert len(body["output"]) == 2
+    assert len(double.requests_to(f"/history/{body['prompt_id']}", "GET")) == 1

@@ -146,3 +146,79 @@ async def test_reconcile_completes_prompt_whose_events_were_missed(double, monke
         assert result.execution_ms >= 0
     finally:
         await client.close()
+
+
+async def test_reader_survives_odd_frames_and_reports_progress(make_comfy_double):
+    from tests.bridge.test_errors import SD_GRAPH
+
+    double = await make_comfy_double(models={"checkpoints": ["m.safetensors"]})
+    client = ComfyClient(double.url)
+    await client.start()
+    try:
+        for raw in (aiohttp.WSMessage(aiohttp.WSMsgType.BINARY, b"\x00", None),
+                    aiohttp.WSMessage(aiohttp.WSMsgType.BINARY, b"\x00\x00\x00\x01\x00", None),
+                    aiohttp.WSMessage(aiohttp.WSMsgType.TEXT, "{not json", None),
+                    aiohttp.WSMessage(aiohttp.WSMsgType.TEXT, '{"type": "executing", "data": 5}', None)):
+            client._handle(raw)
+        seen: list[str] = []
+
+        def on_progress(event) -> None:
+            seen.append(event.type)
+            raise RuntimeError("a broken callback must not break the reader")
+
+        graph = {k: dict(v, inputs=dict(v["inputs"])) for k, v in SD_GRAPH.items()}
+        graph["4"]["inputs"]["ckpt_name"] = "m.safetensors"
+        graph["9"]["inputs"]["filename_prefix"] = "cvw/x/progress"
+        await client.submit(graph, "p-progress", on_progress=on_progress)
+        result = await client.wait("p-progress")
+        assert result.failure is None
+        assert "progress" in seen and "execution_start" in seen
+    finally:
+        await client.close()
+
+
+class FakeSupervisor:
+    """The duck-typed surface build_app uses: check_available, add_listener, mark_fatal."""
+
+    def __init__(self) -> None:
+        self.state = "ready"
+        self.listeners: list = []
+        self.fatal: list[str] = []
+
+    def check_available(self) -> None:
+        if self.state != "ready":
+            raise ComfyUnavailable(f"ComfyUI is {self.state}; retry shortly", state=self.state)
+
+    def add_listener(self, cb) -> None:
+        self.listeners.append(cb)
+
+    def mark_fatal(self, reason: str) -> None:
+        self.fatal.append(reason)
+
+
+async def test_supervisor_states_reach_requests(double, make_bridge):
+    sup = FakeSupervisor()
+    bridge = await make_bridge(double.url, double.root, supervisor=sup)
+
+    sup.state = "restarting"
+    status, body = await bridge.generate(save_graph())
+    assert status == 503 and body["error"]["retriable"] is True and "restarting" in body["error"]["message"]
+    async with bridge.session.get(bridge.url + "/ready") as r:
+        assert r.status == 503
+    assert not double.requests_to("/prompt", "POST")
+
+    sup.state = "ready"
+    double.hang_next_prompt()
+    pending = asyncio.ensure_future(bridge.generate(save_graph()))
+    await _until(lambda: double.queue.running)
+    for cb in sup.listeners:
+        cb("restarting", "ComfyUI exited with -9")
+    status, body = await pending
+    assert status == 503 and "went down" in body["error"]["message"]
+    double.release()
+
+    double.fail_next_prompt("RuntimeError", "CUDA error: device-side assert triggered")
+    status, body = await bridge.generate(save_graph())
+    assert status == 500 and body["error"]["fatal"] is True
+    await bridge.runner.drain()
+    assert sup.fatal and "device-side assert" in sup.fatal[0]

@@ -32,7 +32,8 @@ MAKE_CHECKPOINTS = REPO / "tools" / "make_checkpoints.py"
 # File names the tool writes, and names templates use that the random files stand in for.
 CHECKPOINTS = {"sd15": "sd15_random.safetensors", "sdxl": "sdxl_random.safetensors"}
 ALIASES = {
-    "sd15": ["v1-5-pruned-emaonly.safetensors"],
+    # random_sd15: the name in the recorded KSampler trace (tests/fixtures/comfyui-protocol).
+    "sd15": ["v1-5-pruned-emaonly.safetensors", "random_sd15.safetensors"],
     "sdxl": ["sd_xl_base_1.0.safetensors"],
 }
 IMPORT_FAILED = re.compile(r"\(IMPORT FAILED\):\s*(.+)$", re.M)

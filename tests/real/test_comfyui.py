@@ -14,9 +14,10 @@ from tests.real.launcher import RealComfy
 def test_starts_on_cpu_with_its_folders_under_the_temp_base(real_comfy: RealComfy) -> None:
     stats = real_comfy.get_json("/system_stats")
     assert [d["type"] for d in stats["devices"]] == ["cpu"]
-    log = real_comfy.log_text()
-    assert f"Setting output directory to: {real_comfy.base / 'output'}" in log
-    assert f"Setting input directory to: {real_comfy.base / 'input'}" in log
+    argv = stats["system"]["argv"]
+    assert "--cpu" in argv
+    assert argv[argv.index("--output-directory") + 1] == str(real_comfy.base / "output")
+    assert argv[argv.index("--input-directory") + 1] == str(real_comfy.base / "input")
 
 
 def test_lists_the_random_checkpoint(real_comfy: RealComfy) -> None:

@@ -36,7 +36,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def sd15_graph(steps: int = 20, sampler: str = "euler", width: int = 512, height: int = 512,
+def sd15_graph(steps: int = 20, sampler: str = "euler", width: int = 128, height: int = 128,
                batch: int = 1, seed: int = 1) -> dict[str, Any]:
     """A text-to-image graph the double runs; units = 1 + steps x w x h / 1024^2 x batch x calls."""
     return {
@@ -53,7 +53,7 @@ def sd15_graph(steps: int = 20, sampler: str = "euler", width: int = 512, height
     }
 
 
-SD15_UNITS = 1 + 20 * 0.25  # sd15_graph() defaults
+SD15_UNITS = 1 + 20 * 128 * 128 / 1024**2  # sd15_graph() defaults (small images keep the double fast)
 
 
 @dataclass
@@ -125,12 +125,14 @@ async def emulator() -> AsyncIterator[RouterEmulator]:
 
 @pytest.fixture
 async def double(make_comfy_double) -> ComfyDouble:
+    """The double the workers talk to (set up before them, so torn down after them:
+    a double closed under a live bridge waits on its websocket)."""
     return await make_comfy_double(exec_ms=30, models={"checkpoints": [CKPT]})
 
 
 @pytest.fixture
 async def start_worker(
-    emulator: RouterEmulator, tmp_path: Path
+    emulator: RouterEmulator, double: ComfyDouble, tmp_path: Path
 ) -> AsyncIterator[Callable[..., Awaitable[WorkerProc]]]:
     """`await start_worker(double, **COMFY_WORKER_settings)`: a PyWorker serving through `double`."""
     procs: list[WorkerProc] = []
@@ -157,7 +159,7 @@ async def start_worker(
             "USE_SSL": "false",
             "COMFY_WORKER_STATE_DIR": str(cwd / "state"),
             "COMFY_WORKER_BENCHMARK_WORKFLOW": str(bench),
-            "COMFY_WORKER_BENCHMARK_RUNS": "2",
+            "COMFY_WORKER_BENCHMARK_RUNS": "1",
             "COMFY_WORKER_BENCHMARK_CONCURRENCY": "2",
             "COMFY_BRIDGE_SPOOL_DIR": str(cwd / "spool"),
             "PYTHONUNBUFFERED": "1",

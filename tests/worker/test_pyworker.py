@@ -39,7 +39,7 @@ async def test_signed_request_is_served_and_reported_in_units(start_worker, doub
 async def test_benchmark_uses_fresh_seeds_so_every_prompt_executes(start_worker, double):
     w = await start_worker(double, benchmark_runs=2, benchmark_concurrency=2)
     await w.wait_ready()
-    prompts = [r for r in double.requests_to("/prompt", "POST")]
+    prompts = double.requests_to("/prompt", "POST")
     seeds = [r.json["prompt"]["3"]["inputs"]["seed"] for r in prompts]
     assert len(seeds) == 5  # warm-up + 2 runs x 2, not the framework's 1 + 8 x 10
     assert len(set(seeds)) == len(seeds)

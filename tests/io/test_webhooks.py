@@ -1,0 +1,152 @@
+"""Webhooks: signed with HMAC-SHA256, retried with backoff, never in the way of the response."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import pytest
+from aiohttp import web
+from pydantic import SecretStr
+
+from comfy_bridge.jobs.protocol import JobInput
+from comfy_bridge.webhooks import WebhookSender, sign, verify
+from comfy_bridge.webhooks.signing import ATTEMPT_HEADER, ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
+from tests.io.conftest import free_port
+
+GRAPH = {"1": {"class_type": "EmptyImage", "inputs": {}}}
+BODY = {"id": "req-wh", "status": "success", "prompt_id": "p1", "output": [{"filename": "a.png"}]}
+
+
+def job(url: str, **webhook) -> JobInput:
+    return JobInput.model_validate(
+        {"request_id": "req-wh", "workflow_json": GRAPH, "webhook": {"url": url, **webhook}}
+    )
+
+
+class Receiver:
+    """Answers the scripted statuses in turn (then 200) and keeps what it received."""
+
+    def __init__(self, statuses: list[int] | None = None) -> None:
+        self.statuses = list(statuses or [])
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        self.got = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.received.append((dict(request.headers), await request.read()))
+        status = self.statuses.pop(0) if self.statuses else 200
+        if status == 200:
+            self.got.set()
+        return web.Response(status=status)
+
+
+@pytest.fixture
+async def senders():
+    made: list[WebhookSender] = []
+
+    def make(settings) -> WebhookSender:
+        s = WebhookSender(settings)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        await s.aclose()
+
+
+async def test_signed_delivery_verified_by_receiver(make_settings, senders, http_server):
+    receiver = Receiver()
+    url = await http_server({"/hook": receiver.handle}) + "/hook?token=abc"
+    sender = senders(make_settings())
+    task = sender.schedule(job(url, secret="per-request-secret", extra_params={"user": 42}), BODY)
+    result = await task
+    assert result.delivered and result.attempts == 1
+    [(headers, raw)] = receiver.received
+    assert verify("per-request-secret", raw, headers[TIMESTAMP_HEADER], headers[SIGNATURE_HEADER])
+    assert not verify("another-secret", raw, headers[TIMESTAMP_HEADER], headers[SIGNATURE_HEADER])
+    assert headers[SIGNATURE_HEADER] == sign("per-request-secret", headers[TIMESTAMP_HEADER], raw)
+    assert headers[ID_HEADER] == "req-wh" and headers[ATTEMPT_HEADER] == "1"
+    assert json.loads(raw) == {**BODY, "extra_params": {"user": 42}}
+
+
+async def test_settings_secret_and_unsigned(make_settings, senders, http_server):
+    receiver = Receiver()
+    url = await http_server({"/hook": receiver.handle}) + "/hook"
+    signed = senders(make_settings(webhook_secret=SecretStr("env-secret")))
+    assert (await signed.schedule(job(url), BODY)).delivered
+    unsigned = senders(make_settings())
+    assert (await unsigned.schedule(job(url), BODY)).delivered
+    (h1, raw1), (h2, _) = receiver.received
+    assert verify("env-secret", raw1, h1[TIMESTAMP_HEADER], h1[SIGNATURE_HEADER])
+    assert SIGNATURE_HEADER not in h2
+
+
+def test_verify_rejects_stale_and_tampered():
+    raw = b'{"a":1}'
+    sig = sign("s3cr3t", 1000, raw)
+    assert verify("s3cr3t", raw, "1000", sig, now=1100)
+    assert not verify("s3cr3t", raw, "1000", sig, now=2000)  # replayed too late
+    assert not verify("s3cr3t", b'{"a":2}', "1000", sig, now=1100)
+    assert not verify("s3cr3t", raw, "1001", sig, now=1100)  # timestamp is signed
+    assert not verify("s3cr3t", raw, None, sig)
+
+
+async def test_retried_with_backoff_until_accepted(make_settings, senders, http_server):
+    receiver = Receiver([503, 500, 429])
+    url = await http_server({"/hook": receiver.handle}) + "/hook"
+    result = await senders(make_settings(webhook_retries=3)).schedule(job(url, secret="k3y-value"), BODY)
+    assert result.delivered and result.attempts == 4
+    assert [h[ATTEMPT_HEADER] for h, _ in receiver.received] == ["1", "2", "3", "4"]
+    for headers, raw in receiver.received:  # each attempt signed afresh
+        assert verify("k3y-value", raw, headers[TIMESTAMP_HEADER], headers[SIGNATURE_HEADER])
+
+
+async def test_client_error_is_final(make_settings, senders, http_server):
+    receiver = Receiver([400])
+    url = await http_server({"/hook": receiver.handle}) + "/hook"
+    result = await senders(make_settings()).schedule(job(url), BODY)
+    assert not result.delivered and result.attempts == 1 and result.status == 400
+
+
+async def test_receiver_down_retries_then_gives_up_without_leaking(make_settings, senders, caplog):
+    caplog.set_level(logging.DEBUG, logger="comfy_bridge")
+    url = f"http://127.0.0.1:{free_port()}/hook?token=tok-123456"
+    sender = senders(make_settings(webhook_retries=2))
+    task = sender.schedule(job(url, secret="hidden-secret-77"), BODY)
+    assert task is not None and not task.done()  # schedule returned before any attempt
+    result = await task
+    assert not result.delivered and result.attempts == 3
+    assert "hidden-secret-77" not in caplog.text and "tok-123456" not in caplog.text
+    assert sum("retrying" in r.getMessage() for r in caplog.records) == 2
+
+
+async def test_private_webhook_refused_unless_allowed(make_settings, senders, http_server):
+    receiver = Receiver()
+    url = await http_server({"/hook": receiver.handle}) + "/hook"
+    result = await senders(make_settings(allow_private_urls=False)).schedule(job(url), BODY)
+    assert not result.delivered and result.attempts == 0 and not receiver.received
+    named = url.replace("127.0.0.1", "localhost")
+    result = await senders(make_settings(allow_private_urls=False)).schedule(job(named), BODY)
+    assert not result.delivered and not receiver.received
+
+
+async def test_no_webhook_no_task(make_settings, senders):
+    plain = JobInput.model_validate({"workflow_json": GRAPH})
+    assert senders(make_settings()).schedule(plain, BODY) is None
+
+
+async def test_aclose_cancels_what_cannot_finish(make_settings, http_server):
+    hold = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        await hold.wait()
+        return web.Response()
+
+    url = await http_server({"/hook": slow}) + "/hook"
+    sender = WebhookSender(make_settings())
+    task = sender.schedule(job(url), BODY)
+    await asyncio.sleep(0)
+    await sender.aclose(timeout_s=0.2)
+    assert task.cancelled() and sender.pending == 0
+    hold.set()
