@@ -259,9 +259,9 @@ class WorkerClient:
                     try:
                         answer = await r.json(content_type=None)
                     except ValueError:
-                        raise _Retry("router answered something that is not JSON")
+                        raise _Retry("router answered something that is not JSON") from None
             except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-                raise _Retry(f"router unreachable: {type(e).__name__}: {e}")
+                raise _Retry(f"router unreachable: {type(e).__name__}: {e}") from e
             if isinstance(answer, dict):
                 with contextlib.suppress(TypeError, ValueError):
                     place.request_idx = int(answer.get("request_idx") or place.request_idx)
@@ -289,15 +289,17 @@ class WorkerClient:
                 status = r.status
                 data = await r.read()
         except aiohttp.ClientConnectorError as e:
-            raise _Retry(f"worker {url} unreachable: {e}")
+            raise _Retry(f"worker {url} unreachable: {e}") from e
         except aiohttp.ConnectionTimeoutError as e:  # connecting timed out: nothing was sent
-            raise _Retry(f"worker {url} did not accept the connection: {e}")
+            raise _Retry(f"worker {url} did not accept the connection: {e}") from e
         except asyncio.TimeoutError:
-            raise CallTimeout(f"deadline passed while worker {url} ran the request", "worker busy")
+            raise CallTimeout(f"deadline passed while worker {url} ran the request", "worker busy") from None
         except aiohttp.ClientError as e:
             # Sent (or partly sent) and then lost: the worker may be running it.
             if idempotent:
-                raise _Retry(f"connection to worker {url} broke ({type(e).__name__}); request_id makes a resend safe")
+                raise _Retry(
+                    f"connection to worker {url} broke ({type(e).__name__}); request_id makes a resend safe"
+                ) from e
             raise ResultUnknown(
                 f"connection to worker {url} broke after it accepted the request ({type(e).__name__}: {e}); "
                 "not resent, since it may have run: give a request_id to make resends safe",

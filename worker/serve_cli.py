@@ -91,6 +91,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
     from aiohttp import web
 
     from comfy_bridge.app import build_app
+    from comfy_bridge.errors import BadRequest
     from comfy_bridge.settings import BridgeSettings
     from worker import benchmark
     from worker.lifecycle import WorkerLifecycle
@@ -149,7 +150,11 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
         # 2. The benchmark, and the state folder that caches its result (.has_benchmark).
         templates = _template_store(bridge_settings)
         workload = WorkloadModel(settings.request_units, settings.default_units, templates)
-        job = benchmark.load_input(settings.benchmark_workflow)
+        try:
+            job = benchmark.load_input(settings.benchmark_workflow)
+        except BadRequest as e:
+            _say(f"comfy-worker serve: {e.message}")
+            return 2
         graph = benchmark.graph_of(job)
         if graph is None and job.get("modifier") and templates is not None:
             graph = templates.expand(job["modifier"], job.get("modifications") or {})

@@ -63,7 +63,7 @@ class BridgeRoutes:
             ))
         try:
             payload = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):
             return error_response(BadRequest(
                 'body is not JSON: send {"input": {"workflow_json": {...}}} with '
                 "Content-Type: application/json"

@@ -73,7 +73,9 @@ def _git_env() -> dict[str, str]:
 
 
 async def git(*args: str, cwd: Path | None = None, timeout_s: float = 600) -> str:
-    return (await run_cmd(["git", *args], cwd=cwd, env=_git_env(), timeout_s=timeout_s)).strip()
+    # safe.directory: checkouts on a volume or baked into an image may belong to another uid.
+    argv = ["git", "-c", "safe.directory=*", *args]
+    return (await run_cmd(argv, cwd=cwd, env=_git_env(), timeout_s=timeout_s)).strip()
 
 
 async def head_commit(path: Path) -> str | None:

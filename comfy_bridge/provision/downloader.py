@@ -565,7 +565,7 @@ async def ensure_models(models: list[ModelFile], models_dir: Path, opts: Downloa
     opts = opts or DownloadOptions()
     cache = VerifiedCache(models_dir)
     reports = [await check_model(m, models_dir, cache, rehash=rehash, record=not check_only) for m in models]
-    todo = [m for m, r in zip(models, reports) if r.status != "ok"]
+    todo = [m for m, r in zip(models, reports, strict=True) if r.status != "ok"]
     if check_only or not todo:
         if cache.dirty:
             _save_cache(cache, models_dir)
@@ -577,7 +577,7 @@ async def ensure_models(models: list[ModelFile], models_dir: Path, opts: Downloa
     if need > free:
         raise DownloadFailed(f"models need {need / 1e9:.1f} GB more in {models_dir}, only {free / 1e9:.1f} GB free",
                              need_bytes=need, free_bytes=free)
-    for m, r in zip(models, reports):
+    for m, r in zip(models, reports, strict=True):
         if r.status in ("wrong_size", "wrong_hash"):
             log.warning("replacing %s: %s", m.dest, r.detail)
 

@@ -275,3 +275,23 @@ async def test_not_enough_disk_space_is_said_before_downloading(model_server, tm
         await ensure_models([model(model_server, "k.bin", data)], tmp_path / "m", opts())
     assert "free" in err.value.message
     assert model_server.records == []
+
+
+async def test_progress_shows_a_bar_on_a_terminal_and_logs_elsewhere(caplog):
+    import io
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Tty()
+    caplog.set_level(logging.INFO)
+    progress = downloader.Progress(interval_s=3600, bar=None, stream=stream)
+    assert progress.bar  # a terminal gets the bar
+    progress.start("checkpoints/x.safetensors", total=1000, done=0)
+    progress.add("checkpoints/x.safetensors", 500)
+    progress.log_now()
+    assert "50.0%" in stream.getvalue() and "MB/s" in stream.getvalue()
+    record = next(r for r in caplog.records if "downloading checkpoints/x.safetensors" in r.getMessage())
+    assert record.fields["done"] == 500 and record.fields["total"] == 1000  # type: ignore[attr-defined]
+    assert not downloader.Progress(interval_s=1, bar=None, stream=io.StringIO()).bar  # not a terminal

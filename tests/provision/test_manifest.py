@@ -58,7 +58,7 @@ def test_missing_comfyui_section():
 
 
 def test_model_errors_name_the_entry_and_the_field():
-    text = GOOD_COMFY + f"""
+    text = GOOD_COMFY + """
 [[models]]
 url = "ftp://example.com/x"
 dest = "../etc/passwd"

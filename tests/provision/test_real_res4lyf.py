@@ -16,7 +16,6 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 from collections.abc import AsyncIterator
 from pathlib import Path
 

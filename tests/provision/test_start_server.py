@@ -8,7 +8,6 @@ logging) is what runs.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -83,8 +83,8 @@ class WorkerProc:
             view = await self.emulator.wait_for(
                 lambda: (v := self.view()) is not None and (v.ready or v.error_msg) and v, timeout
             )
-        except TimeoutError:
-            raise AssertionError(f"worker not ready in {timeout}s; log:\n{self.log_text()[-4000:]}")
+        except TimeoutError as e:
+            raise AssertionError(f"worker not ready in {timeout}s; log:\n{self.log_text()[-4000:]}") from e
         assert not view.error_msg, f"worker errored: {view.error_msg}\n{self.log_text()[-4000:]}"
         return view
 
@@ -93,18 +93,18 @@ class WorkerProc:
             return await self.emulator.wait_for(
                 lambda: next((r for r in self.emulator.reports if predicate(r)), None), timeout
             )
-        except TimeoutError:
+        except TimeoutError as e:
             raise AssertionError(
                 f"no such report in {timeout}s; last: {self.emulator.reports[-3:]}\n{self.log_text()[-3000:]}"
-            )
+            ) from e
 
     async def wait_deleted(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30.0) -> dict[str, Any]:
         try:
             return await self.emulator.wait_for(
                 lambda: next((d for d in self.emulator.deleted if predicate(d)), None), timeout
             )
-        except TimeoutError:
-            raise AssertionError(f"no such /delete_requests/ entry in {timeout}s: {self.emulator.deleted}")
+        except TimeoutError as e:
+            raise AssertionError(f"no such /delete_requests/ entry in {timeout}s: {self.emulator.deleted}") from e
 
     async def post(self, body: Any, *, session: aiohttp.ClientSession) -> tuple[int, bytes]:
         async with session.post(f"{self.url}/generate/sync", json=body) as r:

@@ -127,7 +127,7 @@ class RouterEmulator:
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise web.HTTPBadRequest(text="body must be JSON")
+            raise web.HTTPBadRequest(text="body must be JSON") from None
         if not isinstance(body, dict):
             raise web.HTTPBadRequest(text="body must be a JSON object")
         return body
