@@ -54,6 +54,7 @@ class WorkerLifecycle:
         self._session: aiohttp.ClientSession | None = None
         self._watch: asyncio.Task[None] | None = None
         self._listening = False
+        self._closing: asyncio.Future[None] | None = None
 
     def attach(self, backend: ErrorSink) -> None:
         """The framework Backend that reports errors to the autoscaler."""
@@ -96,7 +97,13 @@ class WorkerLifecycle:
         await self.close()
 
     async def close(self) -> None:
-        """Stop watching and stop the ComfyUI child; safe to call more than once."""
+        """Stop watching and stop the ComfyUI child; safe to call more than once, and
+        concurrently (the framework's cancellation and serve's cleanup both call it)."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         if self._watch is not None:
             self._watch.cancel()
             await asyncio.gather(self._watch, return_exceptions=True)
