@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -110,7 +111,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
         overrides["benchmark_workflow"] = args.benchmark_workflow.resolve()
     if args.host:
         overrides["host"] = args.host
-    elif args.local:
+    elif args.local and not os.environ.get("COMFY_WORKER_HOST"):
         overrides["host"] = "127.0.0.1"
     settings = WorkerSettings(**overrides)
     bridge_settings = BridgeSettings()
@@ -158,7 +159,13 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
         graph = benchmark.graph_of(job)
         if graph is None and job.get("modifier") and templates is not None:
             graph = templates.expand(job["modifier"], job.get("modifications") or {})
-        state_root = args.state_dir or (Path(tempfile.mkdtemp(prefix="comfy-worker-")) if args.local else settings.state_dir)
+        if args.state_dir:
+            state_root = args.state_dir
+        elif args.local:  # a fresh benchmark each local run, cleaned up at exit
+            state_root = Path(tempfile.mkdtemp(prefix="comfy-worker-"))
+            cleanups.insert(0, lambda: asyncio.to_thread(shutil.rmtree, state_root, True))
+        else:
+            state_root = settings.state_dir
         fp = benchmark.fingerprint(job, settings.benchmark_runs, settings.benchmark_concurrency,
                                    settings.request_units, settings.default_units)
         state = Path(state_root).resolve() / f"bench-{fp}"

@@ -60,6 +60,8 @@ class PromptTracker:
     failure: ev.Event | None = None
     history: dict[str, Any] | None = None
     current_node: str | None = None
+    # Monotonic time of this prompt's latest websocket event: the silence watchdog's clock.
+    last_event_at: float = 0.0
     ws_images: list[tuple[str, ev.BinaryFrame]] = field(default_factory=list)
 
     @property
@@ -116,6 +118,8 @@ class ComfyClient:
         self._object_info: dict[str, Any] = {}
         self._object_info_loaded = False
         self._background: set[asyncio.Task[Any]] = set()
+        # ComfyUI's own queue length (every client's prompts) from its `status` broadcasts.
+        self._queue_remaining: int | None = None
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -155,6 +159,14 @@ class ComfyClient:
 
     @property
     def inflight(self) -> int:
+        return len(self._trackers)
+
+    @property
+    def queue_depth(self) -> int:
+        """Prompts running or pending in ComfyUI: its last `status` broadcast while the
+        socket is up, else the prompts this bridge is waiting for."""
+        if self.connected and self._queue_remaining is not None:
+            return self._queue_remaining
         return len(self._trackers)
 
     def fail_inflight(self, exc: BridgeError) -> int:
@@ -219,6 +231,9 @@ class ComfyClient:
             delay, down_since = 0.05, None
             if self._connections > 1 and self._connections != seen:
                 log.info("websocket reconnected; reconciling %d prompts", len(self._trackers))
+                now = time.monotonic()
+                for t in self._trackers.values():  # a dead socket was silent, not the prompt
+                    t.last_event_at = max(t.last_event_at, now)
                 self._spawn(self._reconcile())
             seen = self._connections
             try:
@@ -247,11 +262,15 @@ class ComfyClient:
 
     def _dispatch(self, event: ev.Event) -> None:
         pid = event.prompt_id
+        if event.type == ev.STATUS:
+            self._note_status(event.data)
+            return
         if event.type == ev.EXECUTION_START and pid:
             self._current_prompt = pid
         tracker = self._trackers.get(pid) if pid else None
         if tracker is None:
             return
+        tracker.last_event_at = time.monotonic()
         kind = event.type
         if kind == ev.EXECUTING:
             node = event.node
@@ -280,11 +299,27 @@ class ComfyClient:
     def _dispatch_binary(self, frame: ev.BinaryFrame) -> None:
         pid = frame.prompt_id or self._current_prompt
         tracker = self._trackers.get(pid) if pid else None
-        if tracker is None or frame.event == ev.BIN_TEXT:
+        if tracker is None:
+            return
+        tracker.last_event_at = time.monotonic()
+        if frame.event == ev.BIN_TEXT:
             return
         node = frame.node_id or tracker.current_node
         if node is not None and node in tracker.capture_nodes:
             tracker.ws_images.append((node, frame))
+
+    def _note_status(self, data: dict[str, Any]) -> None:
+        status = data.get("status")
+        info = status.get("exec_info") if isinstance(status, dict) else None
+        remaining = info.get("queue_remaining") if isinstance(info, dict) else None
+        if isinstance(remaining, int) and remaining >= 0:
+            self._queue_remaining = remaining
+
+    async def reconcile(self, prompt_id: str) -> None:
+        """Settle one prompt against /queue and /history (the watchdog found it silent)."""
+        tracker = self._trackers.get(prompt_id)
+        if tracker is not None:
+            await self._reconcile(tracker)
 
     async def _reconcile(self, only: PromptTracker | None = None) -> None:
         """Settle prompts whose events we may have missed (a reconnect, a long silence).
