@@ -11,11 +11,13 @@ import asyncio
 import ctypes
 import importlib
 import sys
+import weakref
 from typing import Any, Callable
 
 from aiohttp import web
 
 from comfy_bridge import logs
+from comfy_bridge import observability as obs
 from comfy_bridge.comfy.client import ComfyClient
 from comfy_bridge.errors import ComfyUnavailable, ComfyUnrecoverable
 from comfy_bridge.jobs.api_router import BridgeRoutes
@@ -36,9 +38,14 @@ def build_app(
     destinations: Picker | None = None,
     workload_fn: Callable[[dict[str, Any]], float] | None = None,
     supervisor: Any = None,
+    metrics: obs.Metrics | None = None,
 ) -> web.Application:
-    """`destinations(job, settings) -> Destination` overrides delivery.select.pick."""
+    """`destinations(job, settings) -> Destination` overrides delivery.select.pick.
+
+    `metrics` defaults to the process-wide registry (observability.METRICS), served at
+    GET /metrics; tests pass their own to count one app's requests."""
     tune_malloc()
+    metrics = metrics or obs.METRICS
     client = client or ComfyClient(settings.comfyui_url)
     runner = JobRunner(
         settings,
@@ -50,15 +57,21 @@ def build_app(
         on_fatal=getattr(supervisor, "on_fatal", None) or getattr(supervisor, "mark_fatal", None),
         picker=destinations,
         availability=getattr(supervisor, "check_available", None),
+        on_stuck=getattr(supervisor, "restart", None),
+        metrics=metrics,
     )
     if hasattr(supervisor, "add_listener"):
         supervisor.add_listener(_fail_inflight_when_down(runner))
+        if isinstance(getattr(supervisor, "state", None), str):
+            metrics.track_supervisor(supervisor)
+    _watch_queue_depth(metrics, client)
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[CLIENT_KEY] = client
     app[RUNNER_KEY] = runner
     if supervisor is not None:
         app[SUPERVISOR_KEY] = supervisor
-    BridgeRoutes(runner, client, settings.max_body_bytes).register(app)
+    BridgeRoutes(runner, client, settings.max_body_bytes, metrics).register(app)
+    obs.add_routes(app, metrics)
 
     async def start(_: web.Application) -> None:
         await client.start()
@@ -73,6 +86,17 @@ def build_app(
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
     return app
+
+
+def _watch_queue_depth(metrics: obs.Metrics, client: ComfyClient) -> None:
+    """The queue-depth gauge reads the client at scrape time (weakly: apps come and go)."""
+    ref = weakref.ref(client)
+
+    def depth() -> float:
+        c = ref()
+        return float(c.queue_depth) if c is not None else 0.0
+
+    metrics.comfy_queue_depth.set_function(depth)
 
 
 def _fail_inflight_when_down(runner: JobRunner) -> Callable[[str, str], None]:

@@ -24,10 +24,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from aiohttp import web
+    import asyncio
 
     from comfy_bridge.app import build_app
     from comfy_bridge.settings import BridgeSettings
+    from comfy_bridge.shutdown import GracefulShutdown, serve
 
     logs.setup(args.log_level)
     overrides = {k: v for k, v in {
@@ -39,12 +40,15 @@ def run(args: argparse.Namespace) -> int:
     settings = BridgeSettings(**overrides)
     log = logs.get("comfy_bridge")
     log.info("bridge listening on http://%s:%d for ComfyUI at %s", settings.host, settings.port, settings.comfyui_url)
-    web.run_app(
-        build_app(settings),
-        host=settings.host,
-        port=settings.port,
-        print=None,
-        access_log=None,
-        handler_cancellation=True,  # a caller that leaves frees its prompt (see api_router)
-    )
-    return 0
+
+    async def main() -> int:
+        # SIGTERM: new requests get 503 shutting_down, running ones get shutdown_grace_s
+        # to finish, then the app's cleanup closes the ComfyUI client; exit 0.
+        shutdown = GracefulShutdown(grace_s=settings.shutdown_grace_s)
+        app = build_app(settings)
+        return await serve(
+            app, shutdown, host=settings.host, port=settings.port,
+            handler_cancellation=True,  # a caller that leaves frees its prompt (see api_router)
+        )
+
+    return asyncio.run(main())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from typing import Any
 
 from aiohttp import web
@@ -17,10 +18,11 @@ from pydantic import ValidationError
 from pydantic_core import to_json
 
 from comfy_bridge import logs
+from comfy_bridge import observability as obs
 from comfy_bridge.comfy.client import ComfyClient
 from comfy_bridge.delivery import inline
 from comfy_bridge.errors import BadRequest, BridgeError, ComfyUnavailable, PayloadTooLarge
-from comfy_bridge.jobs.protocol import REQUEST_ID_PATTERN, GenerateRequest, JobInput
+from comfy_bridge.jobs.protocol import REQUEST_ID_PATTERN, GenerateRequest, GenerateResponse, JobInput
 from comfy_bridge.jobs.serving import JobRunner, failure_body
 
 log = logs.get(__name__)
@@ -40,10 +42,13 @@ def error_response(err: BridgeError, request_id: str | None = None, prompt_id: s
 class BridgeRoutes:
     """The handlers, holding the runner and the jobs left running after their caller left."""
 
-    def __init__(self, runner: JobRunner, client: ComfyClient, max_body_bytes: int) -> None:
+    def __init__(
+        self, runner: JobRunner, client: ComfyClient, max_body_bytes: int, metrics: obs.Metrics | None = None
+    ) -> None:
         self.runner = runner
         self.client = client
         self.max_body_bytes = max_body_bytes
+        self.metrics = metrics or obs.METRICS
         self.detached: set[asyncio.Task[Any]] = set()
 
     def register(self, app: web.Application) -> None:
@@ -53,38 +58,78 @@ class BridgeRoutes:
         app.on_shutdown.append(self._drain)
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
+        started = time.monotonic()
+        with self.metrics.inflight():
+            parsed = await self._parse(request)
+            if isinstance(parsed, JobInput):
+                return await self._run(parsed, request, started)
+            err, request_id = parsed
+            self._finished(request_id, started, err)
+            return error_response(err, request_id)
+
+    async def _parse(self, request: web.Request) -> JobInput | tuple[BridgeError, str | None]:
+        """The request's JobInput, or the 4xx error it gets (with its request_id when valid)."""
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return error_response(PayloadTooLarge(
+            return (PayloadTooLarge(
                 f"request body is over the {self.max_body_bytes}-byte limit "
                 "(COMFY_BRIDGE_MAX_BODY_BYTES); send input images as URLs or s3:// keys "
                 "instead of base64"
-            ))
+            ), None)
         try:
             payload = json.loads(raw)
         except (ValueError, RecursionError):
-            return error_response(BadRequest(
+            return (BadRequest(
                 'body is not JSON: send {"input": {"workflow_json": {...}}} with '
                 "Content-Type: application/json"
-            ))
+            ), None)
         request_id = _request_id_of(payload)
         if not isinstance(payload, dict) or "input" not in payload:
-            return error_response(BadRequest(
+            return (BadRequest(
                 'missing "input": the body must be {"input": {...}} with workflow_json '
                 "(or modifier + modifications) inside"
             ), request_id)
         try:
-            job = GenerateRequest.model_validate(payload).input
+            return GenerateRequest.model_validate(payload).input
         except ValidationError as exc:
-            return error_response(_validation_error(exc), request_id)
-        return await self._run(job, request)
+            return (_validation_error(exc), request_id)
+        except RecursionError:  # a graph nested deeper than the validator can walk
+            return (BadRequest("invalid request: the body is nested too deeply"), request_id)
 
-    async def _run(self, job: JobInput, request: web.Request) -> web.StreamResponse:
+    def _finished(
+        self,
+        request_id: str | None,
+        started: float,
+        error: BaseException | None,
+        response: GenerateResponse | None = None,
+        prompt_id: str | None = None,
+    ) -> None:
+        """Count the request by outcome, observe its timings, and log its one completion line."""
+        outcome = obs.outcome_for(error)
+        total_ms = round((time.monotonic() - started) * 1000, 3)
+        if response is not None:
+            timings: dict[str, Any] = response.timings.model_dump()
+            prompt_id = response.prompt_id
+        else:
+            timings = {"total_ms": total_ms}
+        self.metrics.observe_request(outcome, timings)
+        fields: dict[str, Any] = {"outcome": outcome, "timings": timings}
+        if isinstance(error, BridgeError):
+            fields.update(status=error.status, error_type=error.type, retriable=error.retriable)
+            prompt_id = prompt_id or error.details.get("prompt_id")
+        elif response is not None:
+            fields.update(status=200, outputs=len(response.output))
+        with logs.bind(request_id=request_id, prompt_id=prompt_id):
+            log.log(20 if response is not None or outcome == "bad_request" else 30,
+                    "request finished: %s", outcome, extra={"fields": fields})
+
+    async def _run(self, job: JobInput, request: web.Request, started: float) -> web.StreamResponse:
         task = asyncio.ensure_future(self.runner.run(job))
         try:
             response = await asyncio.shield(task)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
+            self._finished(job.request_id, started, exc)
             # The caller went away. Outputs bound for S3 or a webhook are still wanted;
             # otherwise stop the prompt so it frees the GPU for someone who is waiting.
             if job.s3 is not None or job.webhook is not None or self.runner.settings.s3.bucket_name:
@@ -97,14 +142,15 @@ class BridgeRoutes:
                 log.info("caller left; request cancelled", extra={"fields": {"request_id": job.request_id}})
             raise
         except BridgeError as err:
+            self._finished(job.request_id, started, err)
             return error_response(err, job.request_id)
         except Exception:
             with logs.bind(request_id=job.request_id):
                 log.exception("unexpected error while running the request")
-            return error_response(
-                BridgeError("internal error in the bridge; it was logged with this request id"),
-                job.request_id,
-            )
+            err = BridgeError("internal error in the bridge; it was logged with this request id")
+            self._finished(job.request_id, started, err)
+            return error_response(err, job.request_id)
+        self._finished(job.request_id, started, None, response)
         return await _write_parts(request, inline.render_parts(response))
 
     def _detached_done(self, task: asyncio.Task[Any]) -> None:
