@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
 
 from comfy_bridge import logs
+from comfy_bridge.settings import BridgeSettings
 from worker import readiness
 from worker.settings import WorkerSettings
 
@@ -41,8 +43,10 @@ class WorkerLifecycle:
         benchmark_graph: dict[str, Any] | None = None,
         staged_names: list[str] | None = None,
         supervisor: Any = None,
+        workflows_dir: Path | None = BridgeSettings.model_fields["workflows_dir"].default,
     ) -> None:
         self.settings = settings
+        self.workflows_dir = workflows_dir
         self.bridge_url = bridge_url.rstrip("/")
         self.comfyui_url = comfyui_url.rstrip("/")
         self.benchmark_graph = benchmark_graph
@@ -87,6 +91,7 @@ class WorkerLifecycle:
             required_models=self.settings.required_models,
             staged_names=self.staged_names,
             timeout_s=self.settings.ready_timeout_s,
+            workflows_dir=self.workflows_dir,
         )
         if self.supervisor is None:
             self._watch = asyncio.create_task(self._watch_external(), name="comfyui-health")

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any, Iterable
 
 import aiohttp
 
 from comfy_bridge import logs
 from comfy_bridge.errors import ComfyUnavailable, MissingModels, MissingNodeClasses, WorkflowRejected
+from comfy_bridge.provision import verify
 
 log = logs.get(__name__)
 
@@ -43,60 +45,41 @@ async def wait_answering(session: aiohttp.ClientSession, ready_url: str, timeout
         delay = min(delay * 2, 2.0)
 
 
-def _options(spec: Any) -> list[Any] | None:
-    """The allowed values of a combo input spec, old (`[[...], {...}]`) or new (`COMBO`)."""
-    if not isinstance(spec, (list, tuple)) or not spec:
-        return None
-    if isinstance(spec[0], list):
-        return spec[0]
-    if spec[0] == "COMBO" and len(spec) > 1 and isinstance(spec[1], dict):
-        opts = spec[1].get("options")
-        return opts if isinstance(opts, list) else None
-    return None
-
-
 def check_graph(
     object_info: dict[str, Any],
     graph: dict[str, Any] | None,
     required_nodes: Iterable[str] = (),
     staged_names: Iterable[str] = (),
 ) -> None:
-    """Raise if a node class is missing or a literal choice is not offered."""
+    """Raise if a node class is missing or a value is not offered (provision.verify decides).
+
+    Missing classes come first (MissingNodeClasses, with the pack that provides each when
+    known); then model files (MissingModels); then anything else ComfyUI would reject.
+    """
     graph = graph or {}
-    wanted = set(required_nodes) | {
-        str(n.get("class_type")) for n in graph.values() if isinstance(n, dict) and n.get("class_type")
-    }
-    missing = sorted(wanted - set(object_info))
+    staged = set(staged_names)
+    packs = verify.PackIndex()
+    missing = sorted(
+        set(required_nodes) - set(object_info)
+        | {str(n.get("class_type")) for n in graph.values() if isinstance(n, dict)} - set(object_info)
+    )
     if missing:
+        hints = "; ".join(f"{c}: {verify.describe_hint(packs.for_class(c))}" for c in missing)
         raise MissingNodeClasses(
-            f"node classes not installed in this ComfyUI: {', '.join(missing)} "
-            "(a custom node pack is missing or failed to import; see ComfyUI's log)",
+            f"node classes not installed in this ComfyUI: {', '.join(missing)} ({hints})",
             classes=missing,
         )
-    staged = set(staged_names)
-    problems: list[dict[str, Any]] = []
-    for node_id, node in graph.items():
-        if not isinstance(node, dict):
-            continue
-        info = object_info.get(str(node.get("class_type")), {})
-        specs: dict[str, Any] = {}
-        for section in ("required", "optional"):
-            part = (info.get("input") or {}).get(section) or {}
-            if isinstance(part, dict):
-                specs.update(part)
-        for name, value in (node.get("inputs") or {}).items():
-            if not isinstance(value, str) or value in staged:
-                continue
-            opts = _options(specs.get(name))
-            if opts is not None and value not in opts:
-                problems.append(
-                    {"node_id": str(node_id), "class_type": node.get("class_type"), "input": name, "value": value}
-                )
-    if problems:
-        text = "; ".join(f"{p['value']!r} for {p['input']} of node {p['node_id']} ({p['class_type']})" for p in problems)
-        model_like = [p for p in problems if p["input"].endswith("_name") and p["input"] != "sampler_name"]
-        cls = MissingModels if model_like and len(model_like) == len(problems) else WorkflowRejected
-        raise cls(f"this ComfyUI does not offer what the benchmark workflow needs: {text}", problems=problems)
+    problems = [
+        p for p in verify.check_graph(graph, object_info, packs)
+        if not (p.node_id and p.input and graph[p.node_id]["inputs"].get(p.input) in staged)
+    ]
+    if not problems:
+        return
+    text = "; ".join(p.message for p in problems)
+    details = {"problems": [p.model_dump(exclude_none=True) for p in problems]}
+    if all(p.kind == "missing_model" for p in problems):
+        raise MissingModels(f"this ComfyUI lacks model files the benchmark workflow needs: {text}", **details)
+    raise WorkflowRejected(f"this ComfyUI does not offer what the benchmark workflow needs: {text}", **details)
 
 
 async def check_models(
@@ -126,7 +109,7 @@ async def check_models(
             for info in object_info.values():
                 for section in ("required", "optional"):
                     for spec in ((info.get("input") or {}).get(section) or {}).values():
-                        offered.update(str(o) for o in (_options(spec) or []))
+                        offered.update(str(o) for o in (verify.combo_options(spec) or []))
         if name not in offered:
             missing.append(entry)
     if missing:
@@ -146,6 +129,7 @@ async def check_ready(
     required_models: Iterable[str],
     staged_names: Iterable[str] = (),
     timeout_s: float,
+    workflows_dir: Path | None = None,
 ) -> None:
     """Wait until ComfyUI answers, then raise if what the worker needs is missing."""
     await wait_answering(session, ready_url, timeout_s)
@@ -153,6 +137,9 @@ async def check_ready(
         if r.status != 200:
             raise ComfyUnavailable(f"ComfyUI answered HTTP {r.status} to GET /object_info")
         object_info = await r.json(content_type=None)
+    # Every class the manifest's packs promise and the templates use: names the pack that
+    # failed to import (its samplers silently vanish otherwise) before any request fails.
+    verify.raise_if_incomplete(object_info, workflows_dir=workflows_dir)
     check_graph(object_info, graph, required_nodes, staged_names)
     required_models = list(required_models)
     if required_models:

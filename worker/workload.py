@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from comfy_bridge import logs
+from comfy_bridge.comfy.graph import is_link
 
 log = logs.get(__name__)
 
@@ -110,16 +111,6 @@ def model_calls_per_step(sampler_name: Any) -> float:
     return 1.0
 
 
-def _is_link(value: Any) -> bool:
-    return (
-        isinstance(value, list)
-        and len(value) == 2
-        and isinstance(value[0], (str, int))
-        and not isinstance(value[0], bool)
-        and isinstance(value[1], int)
-    )
-
-
 @dataclass(frozen=True)
 class _Latent:
     width: float
@@ -142,7 +133,7 @@ class _Reader:
         self.graph = graph
 
     def node(self, link: Any) -> dict[str, Any] | None:
-        if not _is_link(link):
+        if not is_link(link):
             return None
         node = self.graph.get(str(link[0]))
         return node if isinstance(node, dict) else None
@@ -189,7 +180,7 @@ class _Reader:
 
         def upstream() -> _Latent:
             for name in _LATENT_INPUTS:
-                if _is_link(inputs.get(name)):
+                if is_link(inputs.get(name)):
                     return self.latent(inputs[name], depth + 1)
             return _UNKNOWN_LATENT
 
@@ -204,7 +195,7 @@ class _Reader:
         width = self.number(node, "width", None)
         height = self.number(node, "height", None)
         if width is not None and height is not None:
-            has_source = any(_is_link(inputs.get(n)) for n in _LATENT_INPUTS)
+            has_source = any(is_link(inputs.get(n)) for n in _LATENT_INPUTS)
             if has_source:  # LatentUpscale / ImageScale: 0 keeps the source's side or aspect
                 up = upstream()
                 if width <= 0 and height <= 0:

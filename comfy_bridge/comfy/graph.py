@@ -71,7 +71,7 @@ def validate_structure(graph: Any) -> dict[str, dict[str, Any]]:
                 f"node {node_id!r} ({cls}): inputs must be an object", node_id=node_id
             )
         for name, value in inputs.items():
-            if _is_link(value) and str(value[0]) not in graph:
+            if is_link(value) and str(value[0]) not in graph:
                 raise InvalidWorkflow(
                     f"node {node_id!r} ({cls}): input {name!r} links to node {value[0]!r}, "
                     "which is not in the workflow",
@@ -81,7 +81,8 @@ def validate_structure(graph: Any) -> dict[str, dict[str, Any]]:
     return graph
 
 
-def _is_link(value: Any) -> bool:
+def is_link(value: Any) -> bool:
+    """A ComfyUI API-format link: `[source_node_id, output_index]`."""
     return (
         isinstance(value, list)
         and len(value) == 2

@@ -25,6 +25,7 @@ import aiohttp
 from pydantic import BaseModel, ValidationError
 
 from comfy_bridge import logs
+from comfy_bridge.comfy.graph import is_link
 from comfy_bridge.errors import ComfyIncomplete, ComfyUnavailable
 from comfy_bridge.provision.known_packs import UI_ONLY_TYPES, guess_pack
 from comfy_bridge.provision.manifest import CustomNodePack, Manifest
@@ -231,11 +232,6 @@ def available_samplers(object_info: dict[str, Any]) -> tuple[set[str], set[str]]
             set(map(str, _options_of(object_info, "KSampler", "scheduler"))))
 
 
-def _is_link(value: Any) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], (str, int)) \
-        and isinstance(value[1], int) and not isinstance(value[1], bool)
-
-
 def _is_model_input(name: str, options: list[Any]) -> bool:
     if name in MODEL_INPUT_FOLDERS:
         return True
@@ -276,7 +272,7 @@ def _check_value(graph: dict[str, Any], object_info: dict[str, Any], node_id: st
     def bad(kind: ProblemKind, msg: str, **kw: Any) -> list[Problem]:
         return [Problem(kind=kind, node_id=node_id, class_type=cls, input=name, message=f"{where}: {msg}", **kw)]
 
-    if _is_link(value):
+    if is_link(value):
         src_id = str(value[0])
         src = graph.get(src_id)
         if src is None:

@@ -525,6 +525,41 @@ def _clownshark_inputs(f: Folders) -> dict:
     }
 
 
+def _chainsampler_inputs(f: Folders) -> dict:
+    """RES4LYF 7750bf7 beta/samplers.py ClownsharkChainsampler_Beta (continues a chain)."""
+    return {
+        "required": {
+            "eta": ("FLOAT", {"default": 0.5, "min": -100.0, "max": 100.0, "step": 0.01, "round": False}),
+            "sampler_name": (RES4LYF_KSAMPLER_NAMES + KSAMPLER_NAMES, {"default": "res_2s"}),
+            "steps_to_run": ("INT", {"default": -1, "min": -1, "max": 10000}),
+            "cfg": ("FLOAT", {"default": 5.5, "min": -10000.0, "max": 10000.0, "step": 0.01, "round": False}),
+            "sampler_mode": (["unsample", "resample"], {"default": "resample"}),
+            "bongmath": ("BOOLEAN", {"default": True}),
+        },
+        "optional": {
+            "model": ("MODEL",), "positive": ("CONDITIONING",), "negative": ("CONDITIONING",),
+            "sigmas": ("SIGMAS",), "latent_image": ("LATENT",), "guides": ("GUIDES",), "options": ("OPTIONS",),
+        },
+    }
+
+
+def _clown_sampler_inputs(f: Folders) -> dict:
+    """RES4LYF 7750bf7 beta/samplers.py ClownSampler_Beta (a SAMPLER for SamplerCustom)."""
+    return {
+        "required": {
+            "eta": ("FLOAT", {"default": 0.5, "min": -100.0, "max": 100.0, "step": 0.01, "round": False}),
+            "sampler_name": (RES4LYF_KSAMPLER_NAMES + KSAMPLER_NAMES, {"default": "res_2s"}),
+            "seed": ("INT", {"default": -1, "min": -1, "max": 0xffffffffffffffff}),
+            "bongmath": ("BOOLEAN", {"default": True}),
+        },
+        "optional": {"guides": ("GUIDES",), "options": ("OPTIONS", {})},
+    }
+
+
+async def _make_sampler(rt: NodeRuntime, a: dict) -> NodeResult:
+    return NodeResult((("SAMPLER", a.get("sampler_name")),))
+
+
 def _shark_inputs(f: Folders) -> dict:
     return {
         "required": {
@@ -648,6 +683,11 @@ def build_library() -> dict[str, NodeDef]:
         NodeDef("SharkSampler_Beta", _shark_inputs, ("LATENT", "LATENT", "OPTIONS"),
                 _sampler("seed", _steps_to_run), "RES4LYF/samplers", return_names=("output", "denoised", "options"),
                 python_module="custom_nodes.RES4LYF", sampler=True),
+        NodeDef("ClownsharkChainsampler_Beta", _chainsampler_inputs, ("LATENT", "LATENT", "OPTIONS"),
+                _sampler("seed", _steps_to_run), "RES4LYF/samplers", return_names=("output", "denoised", "options"),
+                python_module="custom_nodes.RES4LYF", sampler=True),
+        NodeDef("ClownSampler_Beta", _clown_sampler_inputs, ("SAMPLER",), _make_sampler, "RES4LYF/samplers",
+                return_names=("sampler",), python_module="custom_nodes.RES4LYF"),
         NodeDef("SaveAnimatedWEBP", lambda f: {
             "required": {
                 "images": ("IMAGE",),
