@@ -25,8 +25,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _randomize(module: Any, generator: Any) -> int:
-    """Norms at identity, biases at zero, weights N(0, 1/fan_in): finite activations in fp16."""
+def _randomize(module: Any, gens: dict[Any, Any], seed: int) -> int:
+    """Norms at identity, biases at zero, weights N(0, 1/fan_in): finite activations in fp16.
+
+    One seeded generator per device: ComfyUI keeps some modules (the VAE) on the CPU
+    whatever device it is given, and a generator only draws on its own device.
+    """
     import torch
 
     count = 0
@@ -37,7 +41,9 @@ def _randomize(module: Any, generator: Any) -> int:
                 p.fill_(1.0) if (name.endswith("weight") or "scale" in name) else p.zero_()
                 continue
             std = 1.0 / math.sqrt(max(math.prod(p.shape[1:]), 1))
-            noise = torch.randn(p.shape, generator=generator, dtype=torch.float32, device=p.device)
+            if p.device not in gens:
+                gens[p.device] = torch.Generator(device=p.device).manual_seed(seed + len(gens))
+            noise = torch.randn(p.shape, generator=gens[p.device], dtype=torch.float32, device=p.device)
             p.copy_(noise.mul_(std).to(p.dtype))
     return count
 
@@ -52,7 +58,7 @@ def build(mc: Any, arch: str, out_dir: Path, device_name: str, dtype_name: str, 
     spec = mc.ARCHS[arch]
     dtype = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     dev = torch.device(device_name)
-    gen = torch.Generator(device=dev).manual_seed(seed)
+    gen: dict[Any, Any] = {}
     t0 = time.monotonic()
 
     config = comfy.model_detection.model_config_from_unet_config(dict(spec["unet"]))
@@ -60,19 +66,19 @@ def build(mc: Any, arch: str, out_dir: Path, device_name: str, dtype_name: str, 
         raise SystemExit(f"{arch}: this ComfyUI maps the config to {type(config).__name__}")
     config.set_inference_dtype(dtype, None)
     model = config.get_model({}, device=dev)
-    n_unet = _randomize(model.diffusion_model, gen)
+    n_unet = _randomize(model.diffusion_model, gen, seed)
     clip = comfy.sd.CLIP(
         config.clip_target(state_dict={}),
         model_options={"dtype": dtype, "initial_device": dev, "load_device": dev, "offload_device": dev},
     )
-    n_clip = _randomize(clip.cond_stage_model, gen)
+    n_clip = _randomize(clip.cond_stage_model, gen, seed)
     level = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # an empty VAE warns about every key
     try:
         vae = comfy.sd.VAE(sd={}, device=dev, config={"params": mc.VAE_PARAMS}, dtype=dtype)
     finally:
         logging.getLogger().setLevel(level)
-    n_vae = _randomize(vae.first_stage_model, gen)
+    n_vae = _randomize(vae.first_stage_model, gen, seed)
     built_s = time.monotonic() - t0
 
     sd = model.state_dict_for_saving(clip.get_sd(), vae.get_sd(), None)

@@ -33,10 +33,12 @@ class BridgeError(Exception):
     retriable: ClassVar[bool] = False
     type: ClassVar[str] = "internal_error"
 
-    def __init__(self, message: str, **details: Any) -> None:
+    def __init__(self, message: str, *, retriable: bool | None = None, **details: Any) -> None:
         super().__init__(message)
         self.message = message
         self.details = details
+        if retriable is not None:  # this instance differs from its class (e.g. a fatal GPU error)
+            self.retriable = retriable  # type: ignore[misc]
 
     def to_dict(self) -> dict[str, Any]:
         """The `error` object of the failure body in the request contract."""

@@ -10,7 +10,7 @@ Units here scale with the work the sampler actually does:
 
     units = REQUEST_UNITS
           + sum over sampler nodes of
-              steps_run x megapixels x frames x batch x model_calls_per_step x cfg_factor
+              steps_run x megapixels x frames x batch x step_cost x cfg_factor
 
 - steps_run: KSampler `steps`; KSamplerAdvanced `min(end_at_step, steps) - start_at_step`;
   SamplerCustom / SamplerCustomAdvanced: `steps` of the scheduler node feeding `sigmas`;
@@ -23,10 +23,12 @@ Units here scale with the work the sampler actually does:
 - frames: 1 for images; a video latent's `length` frames at 4x temporal compression,
   i.e. (length - 1) // 4 + 1.
 - batch: the latent's `batch_size` (times RepeatLatentBatch `amount`).
-- model_calls_per_step: how many times the sampler runs the model per step. 1 for euler,
-  dpmpp_2m, ddim, lcm, uni_pc, res_2m...; 2 for heun, dpm_2, dpmpp_sde,
-  dpmpp_2s_ancestral, res_2s...; 3 for res_3s; N for any RES4LYF `*_Ns` method
-  (a res_2s SDXL image measures 2.6x an euler one on an H100: FACTS.md).
+- step_cost: model_calls_per_step, how many times the sampler runs the model per step
+  (1 for euler, dpmpp_2m, ddim, lcm, uni_pc, res_2m...; 2 for heun, dpm_2, dpmpp_sde,
+  dpmpp_2s_ancestral, res_2s...; 3 for res_3s; N for any RES4LYF `*_Ns` method), times
+  RES4LYF_STAGE_COST (1.25) for RES4LYF's N-stage methods, whose own per-stage math adds
+  to the model calls: a res_2s SDXL 1024x1024 image measured 2.6x an euler one on an H100
+  (FACTS.md) and 2.34-2.39x on an H200 (bench/gpu_check.sh); 2 x 1.25 gives 2.43x.
 - cfg_factor: 1 when cfg != 1 (ComfyUI runs the positive and the negative pass), 0.5
   when cfg == 1 (ComfyUI skips the negative pass), 1.5 for DualCFGGuider.
 - REQUEST_UNITS (default 1): the fixed cost of any request (queueing, loading inputs,
@@ -36,7 +38,7 @@ A graph it cannot read at all (not an object of nodes, a template that cannot be
 expanded) counts DEFAULT_UNITS (default 20, about one SDXL 1024x1024 20-step image).
 
 Examples: SDXL 1024x1024, 20 steps, euler, cfg 7: 1 + 20 = 21 units; the same with res_2s:
-1 + 40 = 41; SD1.5 512x512, 20 steps, euler: 1 + 5 = 6; batch 4 of it: 1 + 20 = 21.
+1 + 20 x 2 x 1.25 = 51; SD1.5 512x512, 20 steps, euler: 1 + 5 = 6; batch 4 of it: 1 + 20 = 21.
 
 The benchmark counts the same units, so max_perf (units per second on this GPU)
 predicts the time of any other request as units / max_perf.
@@ -96,6 +98,23 @@ _SAMPLER_CLASSES: dict[str, str] = {
     "SamplerSASolver": "sa_solver",
 }
 _LATENT_INPUTS = ("latent_image", "samples", "latent", "latents", "pixels", "image", "images")
+
+
+RES4LYF_STAGE_COST = 1.25
+
+
+def step_cost(sampler_name: Any) -> float:
+    """Cost of one sampling step in model-call units (see the module docstring)."""
+    calls = model_calls_per_step(sampler_name)
+    if isinstance(sampler_name, str) and _is_res4lyf_multistage(sampler_name):
+        return calls * RES4LYF_STAGE_COST
+    return calls
+
+
+def _is_res4lyf_multistage(sampler_name: str) -> bool:
+    name = sampler_name.rsplit("/", 1)[-1].strip().lower()
+    m = _STAGES.search(name)
+    return name not in _CALLS_PER_STEP and m is not None and int(m.group(1)) > 1
 
 
 def model_calls_per_step(sampler_name: Any) -> float:
@@ -292,7 +311,7 @@ class _Reader:
             * latent.megapixels
             * latent.frames
             * latent.batch
-            * model_calls_per_step(self.sampler_name(node))
+            * step_cost(self.sampler_name(node))
             * self.cfg_factor(node)
         )
 

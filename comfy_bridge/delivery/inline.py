@@ -37,15 +37,14 @@ class InlineDestination:
         sizes = [a.size for a in artifacts]
         total = sum(sizes)
         if total > self.max_bytes:
-            err = DeliveryFailed(
+            raise DeliveryFailed(
                 f"outputs total {total} bytes, over the {self.max_bytes}-byte limit for inline "
                 "delivery; give an `s3` destination (or raise COMFY_BRIDGE_MAX_INLINE_BYTES). "
                 "The files were kept on the worker.",
+                retriable=False,  # the same request would fail anywhere
                 total_bytes=total,
                 max_inline_bytes=self.max_bytes,
             )
-            err.retriable = False  # type: ignore[misc]  # the same request would fail anywhere
-            raise err
         outputs = []
         for art, size in zip(artifacts, sizes):
             if size > _THREAD_ABOVE_BYTES:

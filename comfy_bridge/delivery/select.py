@@ -18,10 +18,10 @@ from comfy_bridge.settings import BridgeSettings
 def pick(job: JobInput, settings: BridgeSettings) -> Destination:
     """S3 when the request names a bucket, or the environment does and the request did not
     ask for base64 (`return_outputs_as_base64: true`); inline otherwise."""
-    from comfy_bridge.delivery import s3  # boto3 loads only where S3 is used
-
     own_bucket = bool(job.s3 and job.s3.bucket_name)
     if own_bucket or (settings.s3.bucket_name and job.return_outputs_as_base64 is not True):
+        from comfy_bridge.delivery import s3  # boto3 loads only where S3 is used
+
         return _shared_s3(settings, s3)
     return InlineDestination(settings)
 

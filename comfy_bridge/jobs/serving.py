@@ -165,7 +165,10 @@ class JobRunner:
             t_out = time.monotonic()
             artifacts = await self._collect(result, out_dir)
             destination = self.picker(job, self.settings)
-            outputs = await destination.deliver(job, artifacts)
+            try:
+                outputs = await destination.deliver(job, artifacts)
+            except OSError as exc:  # a full or read-only disk while converting or spooling
+                raise _write_failed(exc, artifacts) from None
             outputs_ms = (time.monotonic() - t_out) * 1000
         except DeliveryFailed:
             out_dir = ""  # keep the files: they were made and may still be fetched
@@ -286,8 +289,8 @@ class JobRunner:
         """Seconds until the running prompt has been silent for watchdog_silence_s."""
         limit = self.settings.watchdog_silence_s
         tracker = self.client.tracker(prompt_id)
-        if tracker is None or tracker.started_at is None:
-            return limit  # pending behind other prompts: waiting is not silence
+        if tracker is None or tracker.started_at is None or tracker.future.done():
+            return limit  # pending behind other prompts (or finished): waiting is not silence
         last = max(tracker.last_event_at, tracker.started_at)
         return max(0.01, last + limit - time.monotonic())
 
@@ -300,7 +303,7 @@ class JobRunner:
         next worker, or this one restarted, can run it) and restarts a supervised ComfyUI.
         """
         tracker = self.client.tracker(prompt_id)
-        if tracker is None or tracker.started_at is None:
+        if tracker is None or tracker.started_at is None or tracker.future.done():
             return None
         limit = self.settings.watchdog_silence_s
         silent_s = time.monotonic() - max(tracker.last_event_at, tracker.started_at)
@@ -386,12 +389,10 @@ class JobRunner:
             log.error("fatal CUDA error: %s", message)
             if self.on_fatal is not None:
                 self._spawn(_maybe_await(self.on_fatal(message)))
-            err = ExecutionFailed(
+            return ExecutionFailed(
                 f"{where} hit a fatal GPU error ({message}); this worker is being replaced, "
-                "retry the request", fatal=True, **details,
+                "retry the request", fatal=True, retriable=True, **details,
             )
-            err.retriable = True  # type: ignore[misc]  # elsewhere it will work
-            return err
         log.warning("execution error at %s: %s: %s", where, exc_type, message)
         return ExecutionFailed(f"{where} raised {exc_type or 'an error'}: {message}", **details)
 
@@ -485,6 +486,25 @@ class JobRunner:
         task = asyncio.ensure_future(aw)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _write_failed(exc: OSError, artifacts: list[Artifact]) -> DeliveryFailed:
+    """A 502 naming the disk error; the files stay in ComfyUI's output folder."""
+    reason = exc.strerror or type(exc).__name__
+    listed = []
+    for art in artifacts:
+        try:
+            size = art.size
+        except OSError:
+            size = 0
+        listed.append({"filename": art.filename, "node_id": art.node_id, "output_type": art.output_type,
+                       "mimetype": art.mimetype, "bytes": size, "upload_error": reason})
+    log.error("could not write outputs for delivery: %s (errno %s)", reason, exc.errno)
+    return DeliveryFailed(
+        f"the outputs were made but could not be written for delivery ({reason}); they were kept "
+        "in ComfyUI's output folder on the worker",
+        errno=exc.errno, output=listed,
+    )
 
 
 def _remove(targets: list[Path], root: Path) -> None:

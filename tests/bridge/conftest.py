@@ -62,7 +62,7 @@ async def make_bridge() -> AsyncIterator[Callable[..., Awaitable[Bridge]]]:
     sessions: list[aiohttp.ClientSession] = []
 
     async def make(comfyui_url: str, comfyui_path: Any = None, **kw: Any) -> Bridge:
-        extra = {k: kw.pop(k) for k in ("supervisor", "workload_fn") if k in kw}
+        extra = {k: kw.pop(k) for k in ("supervisor", "workload_fn", "destinations", "metrics") if k in kw}
         settings = BridgeSettings(comfyui_url=comfyui_url, comfyui_path=comfyui_path, **kw)
         app = build_app(settings, **extra)
         runner = web.AppRunner(app, handler_cancellation=True, access_log=None)

@@ -37,6 +37,11 @@ SKIP_REASON = (
 )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: a real-tier test that takes a minute or more on a CPU "
+                                       "(deselect with -m 'not slow')")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     enabled = bool(os.environ.get("COMFYUI_PATH"))
     timeout = float(os.environ.get("COMFYUI_TEST_TIMEOUT", "900"))

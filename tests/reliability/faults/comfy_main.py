@@ -5,7 +5,8 @@ its faults still scriptable from the test: a ComfyUI-shaped `main.py` imports th
 
 Beside ComfyUI's port it serves a control port (written to `<root>/control.port`, the
 pid to `<root>/pid`): `POST /fault {"call": "hang_next_prompt", "kwargs": {...}}` calls
-one of the double's fault methods, `GET /state` reports what it saw (prompts finished,
+one of the double's fault methods (or `freeze_next_prompt`: SIGSTOP this process once the
+next prompt runs), `GET /state` reports what it saw (prompts finished,
 interrupts, /free calls). A file `<root>/crash` makes it exit at start like a ComfyUI
 that cannot boot (for the "K crashes" fault).
 """
@@ -48,12 +49,26 @@ async def _serve(host: str, port: int, root: Path, exec_ms: float, models: dict[
     double = ComfyDouble(root=root, exec_ms=exec_ms, models=models)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    # SIGTERM keeps its default (the process ends at once), as with a real ComfyUI.
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+
+    async def freeze_when_running() -> None:
+        # A frozen process (a hung driver, a livelocked interpreter): its port still accepts
+        # connections but nothing answers. Freezing from inside, right after the prompt's
+        # first events are on the wire, makes the moment exact.
+        while double.faults.hang_prompts > 0:  # taken when the prompt starts running
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.1)  # its execution_start and first `executing` are queued...
+        await double.flush()      # ...and written to the socket
+        os.kill(os.getpid(), signal.SIGSTOP)
 
     async def fault(request: web.Request) -> web.Response:
         body = await request.json()
         call = body.get("call")
+        if call == "freeze_next_prompt":
+            double.hang_next_prompt()
+            asyncio.ensure_future(freeze_when_running())
+            return web.json_response({"ok": True})
         if call not in _CALLS:
             return web.json_response({"error": f"unknown call {call!r}"}, status=400)
         getattr(double, call)(**(body.get("kwargs") or {}))

@@ -1,0 +1,143 @@
+"""The fault-injection suite: each test injects one fault, records what the caller got,
+what the autoscaler was told and whether the next request succeeded; at the end of a
+run where every fault passed, the table is written to docs/reliability.md.
+
+Rows are recorded with the `record_fault` fixture; FAULTS fixes their order and lets
+the writer tell a full run from a partial one (`-k`), which leaves the document alone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from tests.reliability.faults.stack import Stack, start_stack
+
+REPO = Path(__file__).resolve().parents[3]
+DOC = REPO / "docs" / "reliability.md"
+
+# (id, fault as the table names it, how it is injected). Order = table order.
+FAULTS: list[tuple[str, str, str]] = [
+    ("killed", "ComfyUI killed mid-prompt",
+     "SIGKILL to the supervised ComfyUI process while a prompt runs"),
+    ("external_restart", "ComfyUI restarted under an unsupervised bridge",
+     "the ComfyUI double stops (losing its queue) and starts again mid-prompt; bridge with --comfyui-url"),
+    ("crash_loop", "ComfyUI keeps crashing (K crashes in M minutes)",
+     "SIGKILL, then every restart exits at once (3 crashes in 600 s)"),
+    ("hung_deadline", "ComfyUI hung: request deadline",
+     "a prompt that never finishes, request timeout_s=0.5"),
+    ("hung_silent", "ComfyUI hung: prompt running but silent (watchdog)",
+     "a prompt that never finishes and sends no event for watchdog_silence_s=1"),
+    ("hung_process", "ComfyUI hung: process frozen (watchdog)",
+     "SIGSTOP to the ComfyUI process mid-prompt: its port accepts but never answers"),
+    ("ws_closed", "websocket closed mid-prompt",
+     "ComfyUI closes every websocket at the prompt's first node; execution goes on"),
+    ("history_slow", "/history slow", "every GET /history answers 1.5 s late"),
+    ("s3_down", "S3 down", "the request's SeaweedFS S3 server is killed before delivery"),
+    ("webhook_down", "webhook down", "the request's webhook URL refuses connections"),
+    ("disconnect", "client disconnect, no destination",
+     "the caller closes its connection mid-prompt; outputs would come back inline"),
+    ("disconnect_webhook", "client disconnect, webhook destination",
+     "the caller closes its connection mid-prompt; the request has a webhook"),
+    ("disk_full_comfy", "output write failing in ComfyUI (disk full)",
+     "SaveImage raises OSError [Errno 28] No space left on device"),
+    ("disk_full_bridge", "output write failing in the bridge (disk full)",
+     "writing outputs for delivery raises OSError ENOSPC"),
+    ("oom_once", "GPU out of memory once", "the first attempt raises torch.OutOfMemoryError"),
+    ("oom_twice", "GPU out of memory again after the retry",
+     "both attempts raise torch.OutOfMemoryError"),
+    ("cuda_fatal", "CUDA-fatal execution error",
+     "a node raises 'CUDA error: an illegal memory access was encountered'"),
+]
+_KNOWN = {f[0] for f in FAULTS}
+
+
+@dataclass
+class FaultRow:
+    fault: str
+    level: str            # "worker" (emulator + PyWorker + bridge + ComfyUI process) or "bridge"
+    status: str           # what the caller got: "503", "200", "- (caller left)"
+    body: str             # error type and retriable, or a short success note
+    autoscaler: str       # the worker's error_msg to the autoscaler, or "nothing"
+    next_ok: bool         # the request after the fault succeeded
+    note: str = ""
+
+
+_rows: dict[str, FaultRow] = {}
+
+
+@pytest.fixture
+def record_fault() -> Callable[..., None]:
+    def record(fault: str, **row: object) -> None:
+        assert fault in _KNOWN, fault
+        _rows[fault] = FaultRow(fault=fault, **row)  # type: ignore[arg-type]
+
+    return record
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One worker stack (router emulator, `comfy-worker serve --comfyui-path`, the bridge
+    inside it, the ComfyUI double as its supervised child) for the faults it survives."""
+    s = start_stack(tmp_path_factory.mktemp("stack"))
+    yield s
+    s.stop()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if not _rows:
+        return
+    missing = [f for f, _, _ in FAULTS if f not in _rows]
+    if exitstatus != 0 or missing:
+        sys.stderr.write(
+            f"\ndocs/reliability.md not rewritten ({'failures' if exitstatus else 'partial run'};"
+            f" missing: {', '.join(missing) or '-'})\n"
+        )
+        return
+    if os.environ.get("RELIABILITY_DOC", "1") == "0":
+        return
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    DOC.write_text(render())
+
+
+def render() -> str:
+    lines = [
+        "# Reliability: what each fault does to a caller",
+        "",
+        "Generated by the fault-injection suite (`tests/reliability/faults/`); do not edit by",
+        "hand. Regenerate with `./dev.sh test tests/reliability/faults` (the file is rewritten",
+        "only when every fault ran and passed).",
+        "",
+        "Each row injects one fault into a running stack and records the HTTP status and",
+        "error the caller got, the `error_msg` the worker sent the autoscaler in",
+        "`/worker_status/` (a non-empty one makes Vast replace the worker), and whether the",
+        "next request succeeded (a client retrying 503 and 429 as the contract says).",
+        "",
+        "- *worker*: the full local stack: the Vast router emulator, `comfy-worker serve` (the",
+        "  unmodified `vastai` PyWorker framework, signatures checked) with the bridge inside,",
+        "  and the ComfyUI double as the supervised child process it launches, kills and",
+        "  restarts.",
+        "- *bridge*: the bridge app in front of the in-process ComfyUI double (faults that do",
+        "  not involve Vast or need hooks inside the process).",
+        "",
+        "| fault | injected as | level | caller got | error (type, retriable) | autoscaler told | next request OK | notes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for fid, name, how in FAULTS:
+        r = _rows[fid]
+        lines.append(
+            f"| {name} | {how} | {r.level} | {r.status} | {_cell(r.body)} | {_cell(r.autoscaler)} | "
+            f"{'yes' if r.next_ok else 'no'} | {_cell(r.note)} |"
+        )
+    lines += ["", f"Last generated: {dt.date.today().isoformat()}, Python {sys.version.split()[0]}.", ""]
+    return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
