@@ -21,7 +21,7 @@ _context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("log_c
 # Values that must never reach a log line, whatever the message says.
 _SECRET_PATTERNS = [
     re.compile(r"(?i)(secret_access_key|access_key_id|secret|token|signature|authorization|api_key|password|mtoken)(\"?\s*[:=]\s*\"?)([^\s\",}&]+)"),
-    re.compile(r"(?i)(X-Amz-Signature=|X-Amz-Credential=|Signature=)([^&\s\"]+)"),
+    re.compile(r"(?i)(X-Amz-Signature=|X-Amz-Credential=|Signature=|Credential=|\bsig:)([^&\s\"]+)"),
 ]
 
 

@@ -67,15 +67,20 @@ def make_relay(
 
 
 def _watch_failure(body: bytes, lifecycle: WorkerLifecycle | None) -> None:
-    """A bridge that says ComfyUI is gone for good makes the worker ask to be replaced."""
+    """A bridge that says ComfyUI is gone for good (or its GPU is: a fatal CUDA error, which
+    with an external ComfyUI nobody else acts on) makes the worker ask to be replaced."""
     if lifecycle is None or len(body) > 1 << 20:
         return
     try:
         error = json.loads(body).get("error") or {}
     except (ValueError, AttributeError):
         return
-    if isinstance(error, dict) and error.get("type") == "comfyui_unrecoverable":
+    if not isinstance(error, dict):
+        return
+    if error.get("type") == "comfyui_unrecoverable":
         lifecycle.report_error(str(error.get("message") or "ComfyUI is gone for good"))
+    elif error.get("fatal") is True:  # a CUDA-fatal error: this GPU context is broken for good
+        lifecycle.report_error(f"fatal GPU error: {str(error.get('message') or '')[:1000]}")
 
 
 def build_worker(

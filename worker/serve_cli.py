@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -100,11 +101,9 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
     from worker.settings import DEFAULT_BENCHMARK, WorkerSettings
     from worker.workload import WorkloadModel
 
+    from comfy_bridge.shutdown import GracefulShutdown
+
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
 
     overrides: dict[str, Any] = {}
     if args.benchmark_workflow:
@@ -116,6 +115,17 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
     settings = WorkerSettings(**overrides)
     bridge_settings = BridgeSettings()
     cleanups: list[Any] = []  # async callables, run last-first
+
+    # SIGTERM (Vast scaling down or replacing the worker): new /generate/sync calls get 503
+    # shutting_down (retriable, relayed by the PyWorker), requests in flight get
+    # COMFY_BRIDGE_SHUTDOWN_GRACE_S to finish; then the cleanups below stop ComfyUI; exit 0.
+    # A second signal cuts the drain short. The PyWorker framework handles no signal itself.
+    shutdown = GracefulShutdown(grace_s=bridge_settings.shutdown_grace_s)
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        shutdown.install((signal.SIGTERM, signal.SIGINT))
+    drained = asyncio.create_task(shutdown.wait(), name="graceful-shutdown-wait")
+    drained.add_done_callback(lambda _: stop.set())
+    cleanups.append(lambda: _finish_shutdown(shutdown, drained))
 
     emulator = None
     try:
@@ -185,7 +195,11 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
                 python=args.comfyui_python,
                 host="127.0.0.1",
                 port=comfy_port,
-                log_path=state / "comfyui.log",
+                log_path=bridge_settings.comfyui_log_path or state / "comfyui.log",
+                extra_args=shlex.split(bridge_settings.comfyui_extra_args),
+                max_crashes=bridge_settings.comfyui_max_crashes,
+                crash_window_s=bridge_settings.comfyui_crash_window_s,
+                start_timeout_s=bridge_settings.comfyui_start_timeout_s,
             )
             bridge_settings = bridge_settings.model_copy(
                 update={"comfyui_url": supervisor.url, "comfyui_path": args.comfyui_path.resolve()}
@@ -199,6 +213,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
         sock.bind(("127.0.0.1", 0))
         bridge_port = int(sock.getsockname()[1])
         bridge_app = build_app(bridge_settings, workload_fn=workload.graph_units, supervisor=supervisor)
+        bridge_app.middlewares.append(shutdown.middleware())  # 503 shutting_down, in-flight count
         bridge_runner = web.AppRunner(bridge_app, access_log=None, handler_cancellation=True)
         await bridge_runner.setup()
         await web.SockSite(bridge_runner, sock).start()
@@ -247,6 +262,13 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
                 await cb()
             except Exception:
                 log.warning("cleanup failed", exc_info=True)
+
+
+async def _finish_shutdown(shutdown: Any, drained: asyncio.Task[Any]) -> None:
+    """Stop handling signals; after an external stop, let nothing wait on the drain."""
+    shutdown.uninstall()
+    shutdown.force()
+    await _cancel(drained)
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:

@@ -28,7 +28,8 @@ Units here scale with the work the sampler actually does:
   dpmpp_2s_ancestral, res_2s...; 3 for res_3s; N for any RES4LYF `*_Ns` method), times
   RES4LYF_STAGE_COST (1.25) for RES4LYF's N-stage methods, whose own per-stage math adds
   to the model calls: a res_2s SDXL 1024x1024 image measured 2.6x an euler one on an H100
-  (FACTS.md) and 2.34-2.39x on an H200 (bench/gpu_check.sh); 2 x 1.25 gives 2.43x.
+  (FACTS.md), 2.34-2.39x on an H200 and 1.98x (p50; 2.49x by the fastest runs) on another
+  H100 (bench/gpu_check.sh); 2 x 1.25 gives 2.43x, within what was seen.
 - cfg_factor: 1 when cfg != 1 (ComfyUI runs the positive and the negative pass), 0.5
   when cfg == 1 (ComfyUI skips the negative pass), 1.5 for DualCFGGuider.
 - REQUEST_UNITS (default 1): the fixed cost of any request (queueing, loading inputs,

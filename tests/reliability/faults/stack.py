@@ -183,7 +183,8 @@ def _stop(proc: subprocess.Popen[bytes], grace: float) -> None:
         pass
 
 
-def start_stack(tmp: Path, env: dict[str, str] | None = None, exec_ms: float = 30.0) -> Stack:
+def start_stack(tmp: Path, env: dict[str, str] | None = None, exec_ms: float = 30.0,
+                args: list[str] | None = None) -> Stack:
     """Start the emulator and a worker whose ComfyUI is the double; return once it is ready."""
     tmp.mkdir(parents=True, exist_ok=True)
     root = tmp / "ComfyUI"
@@ -230,7 +231,7 @@ def start_stack(tmp: Path, env: dict[str, str] | None = None, exec_ms: float = 3
         worker = subprocess.Popen(
             [sys.executable, "-m", "worker", "serve", "--comfyui-path", str(root),
              "--comfyui-python", sys.executable, "--comfyui-port", "0", "--host", "127.0.0.1",
-             "--benchmark-workflow", str(bench), "--state-dir", str(tmp / "state")],
+             "--benchmark-workflow", str(bench), "--state-dir", str(tmp / "state"), *(args or [])],
             cwd=tmp, env=child_env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
         )
     stack = Stack(root, emulator_url, f"http://127.0.0.1:{port}", worker, emulator, log_path)
