@@ -507,6 +507,11 @@ class ComfyClient:
             return {cls: body[cls]}
         return {}
 
+    def node_info(self, cls: str) -> dict[str, Any] | None:
+        """A class's cached /object_info entry (after missing_classes), or None."""
+        info = self._object_info.get(cls)
+        return info if isinstance(info, dict) else None
+
     async def missing_classes(self, names: set[str]) -> list[str]:
         """Class types ComfyUI does not know; a cache miss is re-checked with ComfyUI."""
         if not self._object_info_loaded:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from comfy_bridge.errors import (
     InvalidWorkflow,
@@ -79,6 +79,40 @@ def validate_structure(graph: Any) -> dict[str, dict[str, Any]]:
                     input_name=name,
                 )
     return graph
+
+
+# Input types that are widget values; any other named type is a socket fed by a link.
+_WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "*"}
+
+
+def check_socket_inputs(graph: dict[str, dict[str, Any]], node_info: Callable[[str], Any]) -> None:
+    """Raise InvalidWorkflow for a constant given where a node takes another node's output.
+
+    ComfyUI's validation lets `"samples": null` into a LATENT input; the node then raises
+    mid-execution (a 500 after the GPU was spent). `node_info(class_type)` is the class's
+    /object_info entry, or None when unknown (then nothing is checked).
+    """
+    for node_id, node in graph.items():
+        info = node_info(node["class_type"])
+        declared = info.get("input") if isinstance(info, dict) else None
+        if not isinstance(declared, dict):
+            continue
+        for section in ("required", "optional"):
+            spec = declared.get(section)
+            if not isinstance(spec, dict):
+                continue
+            for name, value in node.get("inputs", {}).items():
+                kind = spec.get(name)
+                kind = kind[0] if isinstance(kind, (list, tuple)) and kind else kind
+                if not isinstance(kind, str) or kind in _WIDGET_TYPES or is_link(value):
+                    continue
+                raise InvalidWorkflow(
+                    f"node {node_id!r} ({node['class_type']}): input {name!r} takes a {kind} from "
+                    f"another node's output; give a link [\"<node_id>\", <output_index>], "
+                    f"not {type(value).__name__} {str(value)[:40]!r}",
+                    node_id=node_id,
+                    input_name=name,
+                )
 
 
 def is_link(value: Any) -> bool:

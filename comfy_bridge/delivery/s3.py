@@ -37,6 +37,7 @@ from pydantic import SecretStr
 from s3transfer.subscribers import BaseSubscriber
 
 from comfy_bridge import logs
+from comfy_bridge import observability as obs
 from comfy_bridge.delivery.base import Artifact, guess_mimetype
 from comfy_bridge.delivery.convert import convert_artifacts
 from comfy_bridge.delivery.spool import Spool
@@ -369,6 +370,7 @@ class S3Destination:
                 if is_permanent(exc) or attempt == retries:
                     raise
                 delay = backoff * (2**attempt) * random.uniform(0.8, 1.2)
+                obs.s3_upload_retried()  # comfy_bridge_s3_upload_retries_total
                 log.warning(
                     "upload of %s failed (attempt %d of %d), retrying in %.2fs: %s",
                     key, attempt + 1, retries + 1, delay, describe_error(exc, target.secrets()),

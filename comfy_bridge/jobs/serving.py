@@ -153,6 +153,7 @@ class JobRunner:
         missing = await self.client.missing_classes(graphs.class_types(graph))
         if missing:
             raise graphs.missing_classes_error(missing, graph)
+        graphs.check_socket_inputs(graph, self.client.node_info)
 
         if self.availability is not None:
             self.availability()

@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from yarl import URL
 
 from comfy_bridge import logs
+from comfy_bridge import observability as obs
 from comfy_bridge.inputs.netguard import AddressRefused, check_url, guarded_session, refused
 from comfy_bridge.jobs.protocol import JobInput, WebhookTarget
 from comfy_bridge.settings import BridgeSettings
@@ -96,8 +97,12 @@ class WebhookSender:
                 url = check_url(target.url, allow_private=self.settings.allow_private_urls)
             except (AddressRefused, ValueError) as exc:
                 log.error("webhook not sent: %s", exc)
+                obs.webhook_failed()
                 return WebhookResult(request_id, False, 0, error=str(exc))
-            return await self._post_with_retries(url, raw, secret, request_id)
+            result = await self._post_with_retries(url, raw, secret, request_id)
+            if not result.delivered:
+                obs.webhook_failed()  # comfy_bridge_webhook_failures_total
+            return result
 
     async def _encode(self, payload: dict[str, Any]) -> bytes:
         def dump() -> bytes:

@@ -250,3 +250,16 @@ async def test_bridge_cli_drains_on_sigterm(comfy_double: ComfyDouble, tmp_path:
             await proc.wait()
     assert rc == 0
     assert any("drained" in line for line in seen)
+
+
+async def test_failed_webhooks_are_counted(make_bridge, comfy_double: ComfyDouble):
+    from comfy_bridge.observability import METRICS
+
+    bridge = await make_bridge(comfy_double.url, comfy_double.root, webhook_retries=0, allow_private_urls=True,
+                               metrics=Metrics())
+    before = METRICS.value("comfy_bridge_webhook_failures_total")
+    status, _ = await bridge.generate(save_graph(), webhook={"url": f"http://127.0.0.1:{free_port()}/hook"})
+    assert status == 200
+    await bridge.runner.drain()
+    await bridge.runner.webhooks.aclose()
+    assert METRICS.value("comfy_bridge_webhook_failures_total") == before + 1

@@ -20,7 +20,6 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 

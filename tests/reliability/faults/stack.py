@@ -157,8 +157,9 @@ class Stack:
         _stop(self.worker, 15)
         try:  # the worker stops ComfyUI on SIGTERM; make sure of it whatever happened
             pid = self.comfy_pid()
-            os.kill(pid, signal.SIGCONT)
-            os.kill(pid, signal.SIGKILL)
+            if Path(f"/proc/{pid}/cwd").resolve() == self.root.resolve():  # still ours, not a reused pid
+                os.kill(pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGKILL)
         except (OSError, ValueError):
             pass
         _stop(self.emulator, 5)
