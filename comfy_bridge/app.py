@@ -1,15 +1,14 @@
 """build_app: the bridge's aiohttp application, standalone or inside the worker.
 
-It owns one ComfyClient (opened on startup, closed on cleanup) and one JobRunner; the
-IO collaborators (input staging, templates, webhooks) are plugged in when their modules
-are installed, so the bridge runs in front of any ComfyUI with no other setup.
+It owns one ComfyClient (opened on startup, closed on cleanup) and one JobRunner with its
+collaborators (input staging, templates, webhooks), all built from the same settings, so
+the bridge runs in front of any ComfyUI with no other setup.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
-import importlib
 import sys
 import weakref
 from typing import Any, Callable
@@ -20,9 +19,13 @@ from comfy_bridge import logs
 from comfy_bridge import observability as obs
 from comfy_bridge.comfy.client import ComfyClient
 from comfy_bridge.errors import ComfyUnavailable, ComfyUnrecoverable
+from comfy_bridge.inputs import InputStager
 from comfy_bridge.jobs.api_router import BridgeRoutes
 from comfy_bridge.jobs.serving import JobRunner, Picker
 from comfy_bridge.settings import BridgeSettings
+from comfy_bridge.templates import TemplateStore
+from comfy_bridge.templates import api_router as template_routes
+from comfy_bridge.webhooks import WebhookSender
 
 log = logs.get(__name__)
 
@@ -47,12 +50,13 @@ def build_app(
     tune_malloc()
     metrics = metrics or obs.METRICS
     client = client or ComfyClient(settings.comfyui_url)
+    templates = TemplateStore(settings)
     runner = JobRunner(
         settings,
         client,
-        stager=_optional("comfy_bridge.inputs", "InputStager", settings, client),
-        templates=_optional("comfy_bridge.templates", "TemplateStore", settings),
-        webhooks=_optional("comfy_bridge.webhooks", "WebhookSender", settings),
+        stager=InputStager(settings, client),
+        templates=templates,
+        webhooks=WebhookSender(settings),
         workload_fn=workload_fn,
         on_fatal=getattr(supervisor, "on_fatal", None) or getattr(supervisor, "mark_fatal", None),
         picker=destinations,
@@ -71,6 +75,7 @@ def build_app(
     if supervisor is not None:
         app[SUPERVISOR_KEY] = supervisor
     BridgeRoutes(runner, client, settings.max_body_bytes, metrics).register(app)
+    template_routes.add_routes(app, templates)
     obs.add_routes(app, metrics)
 
     async def start(_: web.Application) -> None:
@@ -128,16 +133,3 @@ def tune_malloc() -> bool:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3
     return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 128 << 20))
-
-
-def _optional(module: str, name: str, *args: Any) -> Any:
-    """An IO collaborator if its module is installed, else None (the runner copes)."""
-    try:
-        factory = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return None
-    try:
-        return factory(*args)
-    except TypeError as exc:
-        log.warning("could not construct %s.%s: %s", module, name, exc)
-        return None

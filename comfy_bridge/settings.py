@@ -6,7 +6,9 @@ variable names are in the README. Secrets are SecretStr so they never print.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -77,3 +79,28 @@ class BridgeSettings(BaseSettings):
     shutdown_grace_s: float = Field(default=30.0, ge=0)
 
     s3: S3Settings = Field(default_factory=S3Settings)
+
+    def comfyui_folder(self, kind: Literal["output", "input", "temp"]) -> Path | None:
+        """Where ComfyUI really keeps its output/input/temp files, as ComfyUI decides it:
+        `--<kind>-directory`, else `--base-directory`, in comfyui_extra_args win over
+        `<comfyui_path>/<kind>`. None when the bridge does not know ComfyUI's disk."""
+        flags = _cli_flags(self.comfyui_extra_args)
+        if folder := flags.get(f"--{kind}-directory"):
+            return Path(folder)
+        base = flags.get("--base-directory") or self.comfyui_path
+        return Path(base) / kind if base else None
+
+
+def _cli_flags(args: str) -> dict[str, str]:
+    """`--flag value` and `--flag=value` pairs of a shell-quoted argument string."""
+    words = shlex.split(args or "")
+    flags: dict[str, str] = {}
+    for i, word in enumerate(words):
+        if not word.startswith("--"):
+            continue
+        name, eq, value = word.partition("=")
+        if eq:
+            flags[name] = value
+        elif i + 1 < len(words) and not words[i + 1].startswith("--"):
+            flags[name] = words[i + 1]
+    return flags

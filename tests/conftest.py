@@ -1,8 +1,10 @@
-"""Session-wide fixtures. Feature folders keep their own conftest.py.
+"""Fixtures shared by every test folder. Feature folders keep their own conftest.py.
 
 `comfy_double`: a started ComfyDouble (tests/comfy_double) on an ephemeral port, closed
 after the test. `make_comfy_double(**kwargs)`: the same with constructor options
 (exec_ms, models, object_info_extra, history_lag_s, previews, root); all are closed.
+`make_bridge(comfyui_url, comfyui_path=None, **settings)`: a bridge app on an ephemeral
+port (tests.support.Bridge), cleaned up after the test.
 """
 
 from __future__ import annotations
@@ -10,9 +12,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 
+from comfy_bridge.app import build_app
+from comfy_bridge.settings import BridgeSettings
 from tests.comfy_double import ComfyDouble
+from tests.support import Bridge
 
 
 @pytest.fixture
@@ -34,3 +41,29 @@ async def make_comfy_double(tmp_path) -> AsyncIterator[Callable[..., Awaitable[C
 @pytest.fixture
 async def comfy_double(make_comfy_double) -> ComfyDouble:
     return await make_comfy_double()
+
+
+@pytest.fixture
+async def make_bridge() -> AsyncIterator[Callable[..., Awaitable[Bridge]]]:
+    runners: list[web.AppRunner] = []
+    sessions: list[aiohttp.ClientSession] = []
+
+    async def make(comfyui_url: str, comfyui_path: Any = None, **kw: Any) -> Bridge:
+        extra = {k: kw.pop(k) for k in ("supervisor", "workload_fn", "destinations", "metrics") if k in kw}
+        settings = BridgeSettings(comfyui_url=comfyui_url, comfyui_path=comfyui_path, **kw)
+        app = build_app(settings, **extra)
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        sessions.append(session)
+        return Bridge(f"http://127.0.0.1:{port}", app, session, settings)
+
+    yield make
+    for s in sessions:
+        await s.close()
+    for r in runners:
+        await r.cleanup()

@@ -81,9 +81,8 @@ class InputStager:
         return f"{SUBFOLDER}/{request_id}"
 
     def request_dir(self, request_id: str) -> Path | None:
-        if self.settings.comfyui_path is None:
-            return None
-        return Path(self.settings.comfyui_path) / "input" / SUBFOLDER / request_id
+        inputs = self.settings.comfyui_folder("input")
+        return None if inputs is None else inputs / SUBFOLDER / request_id
 
     async def stage(self, job: JobInput) -> dict[str, str]:
         """Map each input name to the path LoadImage must be given; 422 naming a bad entry."""

@@ -18,7 +18,6 @@ import uuid
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol
 
-import pybase64
 
 from comfy_bridge import logs
 from comfy_bridge import observability as obs
@@ -33,7 +32,6 @@ from comfy_bridge.errors import (
     DeadlineExceeded,
     DeliveryFailed,
     ExecutionFailed,
-    InvalidInputImage,
     OutOfMemory,
     UnknownTemplate,
 )
@@ -204,17 +202,14 @@ class JobRunner:
         return await _maybe_await(self.templates.expand(job.modifier or "", job.modifications))
 
     async def _stage(self, job: JobInput) -> tuple[dict[str, str], list[str]]:
-        """(name -> staged path, paths to remove afterwards)."""
+        """(name -> staged path, paths to remove afterwards: the stager cleans its own)."""
         if not job.images:
             return {}, []
-        if self.stager is not None:
-            return dict(await _maybe_await(self.stager.stage(job))), []
-        subfolder = f"{graphs.OUTPUT_ROOT}/{job.request_id}"
-        staged: dict[str, str] = {}
-        for image in job.images:
-            data = _decode_base64(image.name, image.image)
-            staged[image.name] = await self.client.upload_image(data, image.name, subfolder)
-        return staged, list(staged.values())
+        if self.stager is None:
+            from comfy_bridge.inputs import InputStager as DefaultStager
+
+            self.stager = DefaultStager(self.settings, self.client)
+        return dict(await _maybe_await(self.stager.stage(job))), []
 
     async def _execute(
         self,
@@ -434,9 +429,9 @@ class JobRunner:
 
     async def _locate(self, art: Artifact) -> None:
         """Point at the file in ComfyUI's folder (fast) or fetch it through /view."""
-        root = self.settings.comfyui_path
-        if root is not None and art.comfy_type in ("output", "temp"):
-            base = (root / art.comfy_type).resolve()
+        folder = self.settings.comfyui_folder(art.comfy_type) if art.comfy_type in ("output", "temp") else None
+        if folder is not None:
+            base = folder.resolve()
             path = (base / art.subfolder / art.filename).resolve()
             if path.is_relative_to(base) and path.is_file():
                 art.path = path
@@ -448,12 +443,11 @@ class JobRunner:
 
         Unlinking a multi-MB file on ext4 costs up to milliseconds; nobody waits for it.
         """
-        root = self.settings.comfyui_path
-        if root is None or not (out_dir or uploaded):
-            return
-        targets = [root / "output" / out_dir] if out_dir else []
-        targets += [root / "input" / p for p in uploaded]
-        self._spawn(asyncio.to_thread(_remove, targets, root))
+        output, inputs = self.settings.comfyui_folder("output"), self.settings.comfyui_folder("input")
+        targets = [output / out_dir] if out_dir and output is not None else []
+        targets += [inputs / p for p in uploaded] if inputs is not None else []
+        if targets:
+            self._spawn(asyncio.to_thread(_remove, targets, inputs))
 
     async def drain(self) -> None:
         """Wait for background work (cleanups, webhook scheduling) to finish."""
@@ -508,7 +502,7 @@ def _write_failed(exc: OSError, artifacts: list[Artifact]) -> DeliveryFailed:
     )
 
 
-def _remove(targets: list[Path], root: Path) -> None:
+def _remove(targets: list[Path], inputs: Path | None) -> None:
     for target in targets:
         try:
             if target.is_dir():
@@ -517,35 +511,21 @@ def _remove(targets: list[Path], root: Path) -> None:
                 target.rmdir()
             else:
                 target.unlink(missing_ok=True)
-                _prune_empty(target.parent, root)
+                if inputs is not None:
+                    _prune_empty(target.parent, inputs)
         except OSError as exc:
             log.warning("could not remove %s: %s", target, exc)
 
 
-def _prune_empty(folder: Path, root: Path) -> None:
+def _prune_empty(folder: Path, inputs: Path) -> None:
     """Remove now-empty parents of an uploaded input, never cvw/ itself."""
-    stop = {root / "input" / graphs.OUTPUT_ROOT, root / "input"}
-    while folder not in stop and folder.is_relative_to(root / "input"):
+    stop = {inputs / graphs.OUTPUT_ROOT, inputs}
+    while folder not in stop and folder.is_relative_to(inputs):
         try:
             os.rmdir(folder)
         except OSError:
             return
         folder = folder.parent
-
-
-def _decode_base64(name: str, value: str) -> bytes:
-    """Plain base64 or a data: URI (used when no input stager is configured)."""
-    if value.startswith("data:"):
-        value = value.partition(",")[2]
-    elif value.startswith(("http://", "https://", "s3://")):
-        raise InvalidInputImage(
-            f"image {name!r}: URLs are not supported by this bridge's configuration; send base64",
-            image=name,
-        )
-    try:
-        return pybase64.b64decode(value, validate=True)
-    except ValueError:
-        raise InvalidInputImage(f"image {name!r} is not valid base64", image=name) from None
 
 
 async def _maybe_await(value: Any) -> Any:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.bridge.conftest import free_port, save_graph
+from tests.support import free_port, save_graph
 
 
 async def test_cli_bridge_serves_requests(double, tmp_path):

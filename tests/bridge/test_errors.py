@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.bridge.conftest import save_graph
+from tests.support import save_graph
 
 
 def assert_failure(status: int, body: dict, expected_status: int, error_type: str, *needles: str) -> dict:
@@ -151,7 +151,7 @@ async def test_cuda_fatal_error_calls_on_fatal(double, make_bridge):
 
 
 async def test_comfyui_down_is_503_retriable(make_bridge, tmp_path):
-    from tests.bridge.conftest import free_port
+    from tests.support import free_port
 
     bridge = await make_bridge(f"http://127.0.0.1:{free_port()}")
     status, body = await bridge.generate(save_graph())

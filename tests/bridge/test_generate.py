@@ -8,7 +8,7 @@ import io
 
 from PIL import Image
 
-from tests.bridge.conftest import PNG_MAGIC, save_graph
+from tests.support import PNG_MAGIC, save_graph
 
 
 def _png(entry: dict) -> Image.Image:

@@ -9,7 +9,7 @@ import aiohttp
 from comfy_bridge.app import CLIENT_KEY
 from comfy_bridge.comfy.client import ComfyClient
 from comfy_bridge.errors import ComfyUnavailable
-from tests.bridge.conftest import save_graph
+from tests.support import save_graph
 
 
 async def _until(predicate, timeout: float = 10.0) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 from pathlib import Path
 from typing import AsyncIterator, Callable
@@ -10,16 +9,13 @@ from typing import AsyncIterator, Callable
 import pytest
 
 from comfy_bridge.comfy.supervisor import ComfySupervisor
+from tests.support import free_port
 
 HERE = Path(__file__).resolve().parent
 FAKE_COMFY = HERE / "fake_comfy.py"
 FIXTURES = HERE / "fixtures"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Recorder:

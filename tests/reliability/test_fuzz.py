@@ -25,7 +25,7 @@ from hypothesis.errors import InvalidArgument
 
 from comfy_bridge.jobs.protocol import FailureResponse
 from comfy_bridge.observability import Metrics
-from tests.bridge.conftest import make_bridge  # noqa: F401 - fixture
+
 from tests.comfy_double import ComfyDouble
 
 pytestmark = pytest.mark.timeout(300)

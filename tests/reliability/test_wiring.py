@@ -21,7 +21,7 @@ import pytest
 from comfy_bridge import logs
 from comfy_bridge.errors import ComfyUnavailable
 from comfy_bridge.observability import Metrics
-from tests.bridge.conftest import free_port, make_bridge, save_graph  # noqa: F401 - fixture
+from tests.support import free_port, save_graph
 from tests.comfy_double import ComfyDouble
 
 pytestmark = pytest.mark.timeout(60)

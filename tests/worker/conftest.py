@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,16 +23,13 @@ import aiohttp
 import pytest
 
 from tests.comfy_double import ComfyDouble
+from tests.support import free_port
 from worker.emulator import RouterEmulator, WorkerView
 
 REPO = Path(__file__).resolve().parents[2]
 CKPT = "sd15.safetensors"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def sd15_graph(steps: int = 20, sampler: str = "euler", width: int = 128, height: int = 128,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from typing import Any
 import aiohttp
 
 from tests.reliability.faults.comfy_main import write_main
+from tests.support import free_port
 
 REPO = Path(__file__).resolve().parents[3]
 ENDPOINT = "faults"
@@ -33,10 +33,6 @@ API_KEY = "faults-key"
 READY_TIMEOUT_S = 60.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def save_graph(color: int = 255, width: int = 64, height: int = 48, batch: int = 1) -> dict[str, Any]:

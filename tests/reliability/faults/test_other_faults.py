@@ -15,7 +15,7 @@ import pytest
 from comfy_bridge.delivery.base import Artifact
 from comfy_bridge.jobs.protocol import JobInput, OutputFile
 from comfy_bridge.settings import BridgeSettings
-from tests.bridge.conftest import make_bridge, save_graph  # noqa: F401 - fixture
+from tests.support import save_graph
 from tests.comfy_double import ComfyDouble
 from tests.reliability.faults.helpers import describe, eventually
 from tests.worker.conftest import double, emulator, start_worker  # noqa: F401 - fixtures
