@@ -215,9 +215,10 @@ async def ensure_pack(pack: CustomNodePack, custom_nodes_dir: Path, python: str,
         commit = await _clone(pack, dest)
         status = "installed"
     elif commit is None:
+        fix = ("its commit cannot be verified against the manifest" if check_only else
+               "remove it so provision can clone it")
         return PackReport(name=pack.name, status="not_git",
-                          detail=f"{dest} exists but is not a git checkout: remove it so it can be cloned at "
-                                 f"{pack.ref[:12]}")
+                          detail=f"{dest} is present but not a git checkout: {fix} (pinned {pack.ref[:12]})")
     elif not commit.startswith(pack.ref):
         if check_only:
             return PackReport(name=pack.name, status="wrong_commit",
