@@ -26,7 +26,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,14 +36,9 @@ from pathlib import Path
 import aiohttp
 
 from comfy_bridge.app import tune_malloc
+from common import free_port, pct, rss_mb, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def workflow(size: int) -> dict:
@@ -54,42 +48,14 @@ def workflow(size: int) -> dict:
     }
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(p / 100 * len(s)) - 1))]
-
-
 def summary(over: list[float]) -> str:
     return f"p50 {pct(over, 50):.1f} ms  p95 {pct(over, 95):.1f} ms  p99 {pct(over, 99):.1f} ms"
-
-
-async def wait_ready(session: aiohttp.ClientSession, url: str, procs: list[subprocess.Popen], timeout: float = 60) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        for p in procs:
-            if p.poll() is not None:
-                raise SystemExit(f"{p.args} exited with {p.returncode}")
-        try:
-            async with session.get(url) as r:
-                if r.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise SystemExit(f"{url} not ready after {timeout}s")
 
 
 class Bridge:

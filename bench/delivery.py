@@ -35,6 +35,7 @@ from comfy_bridge.delivery.s3 import S3Destination  # noqa: E402
 from comfy_bridge.jobs.protocol import JobInput  # noqa: E402
 from comfy_bridge.settings import BridgeSettings, S3Settings  # noqa: E402
 from tests.io.seaweed import REGION, Seaweed, free_port, start_seaweed  # noqa: E402
+from common import wait_ready
 
 MB = 1024 * 1024
 GRAPH = {"1": {"class_type": "EmptyImage", "inputs": {}}}
@@ -81,22 +82,6 @@ async def throughput(weed: Seaweed, tmp: Path, repeats: int, size: int) -> None:
         print(f"  {n:2d} x {size / MB:g} MB: S3Destination {t * 1000:7.1f} ms  {n * size / MB / t:6.1f} MB/s"
               f"  | one-by-one upload_file {s * 1000:7.1f} ms  {n * size / MB / s:6.1f} MB/s")
     await dest.aclose()
-
-
-async def wait_ready(session: aiohttp.ClientSession, url: str, procs: list[subprocess.Popen], timeout: float = 60) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        for p in procs:
-            if p.poll() is not None:
-                raise SystemExit(f"{p.args} exited with {p.returncode}")
-        try:
-            async with session.get(url) as r:
-                if r.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise SystemExit(f"{url} not ready after {timeout}s")
 
 
 def workflow(seed: int) -> dict:

@@ -23,8 +23,6 @@ import asyncio
 import collections
 import json
 import os
-import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -33,14 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from common import free_port, pct, rss_mb, stop, wait_line
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def graph(size: int, seed: int) -> dict[str, Any]:
@@ -49,39 +42,6 @@ def graph(size: int, seed: int) -> dict[str, Any]:
               "inputs": {"width": size, "height": size, "batch_size": 1, "color": seed % 0xFFFFFF}},
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "load"}},
     }
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-async def wait_line(stream: asyncio.StreamReader, needle: str, timeout: float) -> None:
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout
-    while True:
-        raw = await asyncio.wait_for(stream.readline(), max(0.1, deadline - time.monotonic()))
-        if not raw:
-            raise RuntimeError(f"process exited before printing {needle!r}: {lines[-10:]}")
-        lines.append(raw.decode(errors="replace").rstrip())
-        if needle in lines[-1]:
-            return
-
-
-async def stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        await asyncio.wait_for(proc.wait(), 30)
-    except (ProcessLookupError, asyncio.TimeoutError):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        await proc.wait()
 
 
 async def one(session: aiohttp.ClientSession, router: str, job: dict[str, Any]) -> tuple[int, float, str]:
@@ -99,14 +59,6 @@ async def one(session: aiohttp.ClientSession, router: str, job: dict[str, Any]) 
             return r.status, time.perf_counter() - t0, text
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         return -1, time.perf_counter() - t0, repr(exc)
-
-
-def pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    k = min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))
-    return ordered[k]
 
 
 async def main(args: argparse.Namespace) -> int:

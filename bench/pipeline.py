@@ -29,8 +29,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -39,14 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from common import free_port, stop, wait_line
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def graph(size: int) -> dict[str, Any]:
@@ -56,31 +49,6 @@ def graph(size: int) -> dict[str, Any]:
         "1": {"class_type": "DoubleNoiseImage", "inputs": {"width": size, "height": size, "batch_size": 1, "seed": 7}},
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "bench"}},
     }
-
-
-async def wait_line(stream: asyncio.StreamReader, needle: str, timeout: float) -> list[str]:
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout
-    while True:
-        raw = await asyncio.wait_for(stream.readline(), max(0.1, deadline - time.monotonic()))
-        if not raw:
-            raise RuntimeError(f"process exited before printing {needle!r}: {lines[-10:]}")
-        lines.append(raw.decode(errors="replace").rstrip())
-        if needle in lines[-1]:
-            return lines
-
-
-async def stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            await asyncio.wait_for(proc.wait(), 20)
-        except (ProcessLookupError, asyncio.TimeoutError):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            await proc.wait()
 
 
 async def one(session: aiohttp.ClientSession, router: str, job: dict[str, Any]) -> tuple[float, float]:
