@@ -56,8 +56,9 @@ class JsonFormatter(logging.Formatter):
         if isinstance(extra, dict):
             entry.update(extra)
         if record.exc_info:
-            entry["exc"] = redact(self.formatException(record.exc_info))
-        return json.dumps(entry, default=str)
+            entry["exc"] = self.formatException(record.exc_info)
+        # Scrub the whole line: structured fields can carry secrets as much as messages.
+        return redact(json.dumps(entry, default=str))
 
 
 def setup(level: str = "INFO", stream: Any = None) -> None:

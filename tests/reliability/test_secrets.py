@@ -207,3 +207,22 @@ async def _drive_worker(stack: Stack) -> None:
         # the environment's S3 keys, for a bucket whose server is down
         env_keys = {"endpoint_url": f"http://127.0.0.1:{dead}", "bucket_name": "env-keys", "region": REGION}
         assert await call(stack.job(s3=env_keys)) == 502
+
+
+def test_structured_log_fields_are_scrubbed_too():
+    import io
+    import logging
+
+    from comfy_bridge import logs
+
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    handler.setFormatter(logs.JsonFormatter())
+    logger = logging.getLogger("test.secrets.fields")
+    logger.addHandler(handler)
+    try:
+        logger.warning("upload failed", extra={"fields": {"secret_access_key": "AKIA-LEAK-ME", "endpoint": "x"}})
+    finally:
+        logger.removeHandler(handler)
+    line = buf.getvalue()
+    assert "AKIA-LEAK-ME" not in line and '"endpoint": "x"' in line
