@@ -17,7 +17,7 @@ from aiohttp import web
 
 from comfy_bridge import logs
 from comfy_bridge import observability as obs
-from comfy_bridge.comfy.client import ComfyClient
+from comfy_bridge.comfyui.client import ComfyClient
 from comfy_bridge.errors import ComfyUnavailable, ComfyUnrecoverable
 from comfy_bridge.inputs import InputStager
 from comfy_bridge.jobs.api_router import BridgeRoutes

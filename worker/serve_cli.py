@@ -185,9 +185,9 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
         supervisor = None
         if args.comfyui_path:
             try:
-                from comfy_bridge.comfy.supervisor import ComfySupervisor
+                from comfy_bridge.comfyui.supervisor import ComfySupervisor
             except ImportError:
-                _say("--comfyui-path needs comfy_bridge.comfy.supervisor, which is not installed")
+                _say("--comfyui-path needs comfy_bridge.comfyui.supervisor, which is not installed")
                 return 2
             comfy_port = args.comfyui_port or free_port()
             supervisor = ComfySupervisor(

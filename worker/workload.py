@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from comfy_bridge import logs
-from comfy_bridge.comfy.graph import is_link
+from comfy_bridge.comfyui.graph import is_link
 
 log = logs.get(__name__)
 

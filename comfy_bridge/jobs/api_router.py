@@ -19,7 +19,7 @@ from pydantic_core import to_json
 
 from comfy_bridge import logs
 from comfy_bridge import observability as obs
-from comfy_bridge.comfy.client import ComfyClient
+from comfy_bridge.comfyui.client import ComfyClient
 from comfy_bridge.delivery import inline
 from comfy_bridge.errors import BadRequest, BridgeError, ComfyUnavailable, PayloadTooLarge
 from comfy_bridge.jobs.protocol import REQUEST_ID_PATTERN, GenerateRequest, GenerateResponse, JobInput

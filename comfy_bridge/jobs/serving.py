@@ -21,9 +21,9 @@ from typing import Any, Awaitable, Callable, Protocol
 
 from comfy_bridge import logs
 from comfy_bridge import observability as obs
-from comfy_bridge.comfy import graph as graphs
-from comfy_bridge.comfy.client import ComfyClient, PromptResult
-from comfy_bridge.comfy.supervisor import classify_execution_error
+from comfy_bridge.comfyui import graph as graphs
+from comfy_bridge.comfyui.client import ComfyClient, PromptResult
+from comfy_bridge.comfyui.supervisor import classify_execution_error
 from comfy_bridge.delivery import select
 from comfy_bridge.delivery.base import Artifact, Destination, guess_mimetype
 from comfy_bridge.errors import (

@@ -25,7 +25,7 @@ import aiohttp
 from pydantic import BaseModel, ValidationError
 
 from comfy_bridge import logs
-from comfy_bridge.comfy.graph import is_link
+from comfy_bridge.comfyui.graph import is_link
 from comfy_bridge.errors import ComfyIncomplete, ComfyUnavailable
 from comfy_bridge.provision.known_packs import UI_ONLY_TYPES, guess_pack
 from comfy_bridge.provision.manifest import CustomNodePack, Manifest

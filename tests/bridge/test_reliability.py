@@ -7,7 +7,7 @@ import asyncio
 import aiohttp
 
 from comfy_bridge.app import CLIENT_KEY
-from comfy_bridge.comfy.client import ComfyClient
+from comfy_bridge.comfyui.client import ComfyClient
 from comfy_bridge.errors import ComfyUnavailable
 from tests.support import save_graph
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import images as im
 from .faults import OOM_TIPS, ExecError
-from .nodes import Folders, NodeDef, NodeResult
+from .node_library import Folders, NodeDef, NodeResult
 from .validation import is_link
 
 if TYPE_CHECKING:

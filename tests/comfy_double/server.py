@@ -18,7 +18,7 @@ from aiohttp import WSMsgType, web
 
 from .executor import Executor, PromptQueue, QueueItem
 from .faults import ExecError, Faults
-from .nodes import MODEL_FOLDERS, Folders, NodeDef, build_library, extra_node
+from .node_library import MODEL_FOLDERS, Folders, NodeDef, build_library, extra_node
 from .validation import Validator
 
 SERVER_FEATURES = {"supports_preview_metadata": True, "max_upload_size": 100 * 1024 * 1024}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .nodes import Folders, NodeDef
+from .node_library import Folders, NodeDef
 
 
 def _err(kind: str, message: str, details: str, extra: dict) -> dict:

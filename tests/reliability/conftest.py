@@ -8,7 +8,7 @@ from typing import AsyncIterator, Callable
 
 import pytest
 
-from comfy_bridge.comfy.supervisor import ComfySupervisor
+from comfy_bridge.comfyui.supervisor import ComfySupervisor
 from tests.support import free_port
 
 HERE = Path(__file__).resolve().parent

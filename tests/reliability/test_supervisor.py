@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from comfy_bridge.comfy.supervisor import (
+from comfy_bridge.comfyui.supervisor import (
     ComfySupervisor,
     classify_execution_error,
     parse_import_failures,

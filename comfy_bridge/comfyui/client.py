@@ -23,8 +23,8 @@ from typing import Any, Callable
 import aiohttp
 
 from comfy_bridge import logs
-from comfy_bridge.comfy import events as ev
-from comfy_bridge.comfy import graph as graphs
+from comfy_bridge.comfyui import events as ev
+from comfy_bridge.comfyui import graph as graphs
 from comfy_bridge.errors import BridgeError, ComfyUnavailable, DeliveryFailed
 
 log = logs.get(__name__)

@@ -1,5 +1,5 @@
 """Everything that speaks ComfyUI's protocol: the client, its events, graph checks."""
 
-from comfy_bridge.comfy.client import ComfyClient, PromptResult, PromptTracker
+from comfy_bridge.comfyui.client import ComfyClient, PromptResult, PromptTracker
 
 __all__ = ["ComfyClient", "PromptResult", "PromptTracker"]
