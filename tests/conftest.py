@@ -19,7 +19,7 @@ from aiohttp import web
 from comfy_bridge.app import build_app
 from comfy_bridge.settings import BridgeSettings
 from tests.comfy_double import ComfyDouble
-from tests.support import Bridge
+from tests.support import Bridge, serve_app
 
 
 @pytest.fixture
@@ -52,12 +52,7 @@ async def make_bridge() -> AsyncIterator[Callable[..., Awaitable[Bridge]]]:
         extra = {k: kw.pop(k) for k in ("supervisor", "workload_fn", "destinations", "metrics") if k in kw}
         settings = BridgeSettings(comfyui_url=comfyui_url, comfyui_path=comfyui_path, **kw)
         app = build_app(settings, **extra)
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        runners.append(runner)
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = await serve_app(app, runners, handler_cancellation=True)
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
         sessions.append(session)
         return Bridge(f"http://127.0.0.1:{port}", app, session, settings)

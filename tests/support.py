@@ -47,3 +47,33 @@ class Bridge:
     @property
     def runner(self):
         return self.app[RUNNER_KEY]
+
+
+async def serve_app(app: web.Application, runners: list[web.AppRunner], **runner_kw: Any) -> int:
+    """Start `app` on an ephemeral loopback port; the caller cleans up `runners`."""
+    runner = web.AppRunner(app, access_log=None, **runner_kw)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    runners.append(runner)
+    return site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+
+def vast_env(base: dict[str, str], *, report_addr: str, port: int, container_id: int) -> dict[str, str]:
+    """A worker process's environment as Vast sets it, pointing at a router emulator.
+
+    Settings of the caller's own environment (COMFY_*, VAST_*, S3_*) are left out so a
+    developer's shell cannot change what a test runs."""
+    env = {k: v for k, v in base.items()
+           if not k.startswith(("COMFY_WORKER_", "COMFY_BRIDGE_", "VAST_", "S3_"))}
+    env.update({
+        "CONTAINER_ID": str(container_id),
+        "REPORT_ADDR": report_addr,
+        "PUBLIC_IPADDR": "127.0.0.1",
+        "WORKER_PORT": str(port),
+        f"VAST_TCP_PORT_{port}": str(port),
+        "WORKER_HTTP_PORT": str(free_port()),
+        "UNSECURED": "false",
+        "USE_SSL": "false",
+    })
+    return env

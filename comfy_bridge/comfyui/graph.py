@@ -78,7 +78,42 @@ def validate_structure(graph: Any) -> dict[str, dict[str, Any]]:
                     node_id=node_id,
                     input_name=name,
                 )
+    _reject_cycles(graph)
     return graph
+
+
+def _reject_cycles(graph: dict[str, dict[str, Any]]) -> None:
+    """A graph whose links loop back can never run: name the loop instead of letting
+    ComfyUI fail it at execution time (a 500 for what is the caller's mistake)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for start in graph:
+        if start in state:
+            continue
+        path: list[str] = [start]
+        stack = [iter(_sources(graph, start))]
+        state[start] = 1
+        while stack:
+            src = next(stack[-1], None)
+            if src is None:
+                state[path.pop()] = 2
+                stack.pop()
+            elif state.get(src) == 1:
+                loop = path[path.index(src):] + [src]
+                raise InvalidWorkflow(
+                    f"the workflow's links form a cycle ({' -> '.join(loop)}): a node cannot "
+                    "depend on its own output; remove the link that closes the loop",
+                    node_id=src,
+                    cycle=loop,
+                )
+            elif src not in state:
+                state[src] = 1
+                path.append(src)
+                stack.append(iter(_sources(graph, src)))
+
+
+def _sources(graph: dict[str, dict[str, Any]], node_id: str) -> list[str]:
+    inputs = graph[node_id].get("inputs") or {}
+    return [str(v[0]) for v in inputs.values() if is_link(v) and str(v[0]) in graph]
 
 
 # Input types that are widget values; any other named type is a socket fed by a link.

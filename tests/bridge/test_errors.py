@@ -164,3 +164,16 @@ async def test_inline_limit_is_502_and_files_kept(double, make_bridge):
     status, body = await bridge.generate(save_graph())
     assert_failure(status, body, 502, "delivery_failed", "inline delivery")
     assert [p for p in double.output_dir.rglob("*.png")]
+
+
+async def test_a_graph_whose_links_loop_is_422_naming_the_cycle(bridge):
+    graph = save_graph()
+    graph["1"]["inputs"]["loop"] = ["2", 0]  # EmptyImage <- SaveImage <- EmptyImage
+    status, body = await bridge.generate(graph)
+    assert status == 422, body
+    assert body["error"]["type"] == "invalid_workflow"
+    assert "cycle" in body["error"]["message"] and body["error"]["cycle"] in (["1", "2", "1"], ["2", "1", "2"])
+    self_link = save_graph()
+    self_link["2"]["inputs"]["again"] = ["2", 0]
+    status, body = await bridge.generate(self_link)
+    assert status == 422 and body["error"]["cycle"] == ["2", "2"], body

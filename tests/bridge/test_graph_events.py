@@ -11,7 +11,12 @@ import pytest
 from comfy_bridge.comfyui import events as ev
 from comfy_bridge.comfyui import graph as graphs
 from comfy_bridge.delivery.inline import render
-from comfy_bridge.errors import InvalidWorkflow, MissingModels, MissingNodeClasses, WorkflowRejected
+from comfy_bridge.errors import (
+    InvalidWorkflow,
+    MissingModels,
+    MissingNodeClasses,
+    WorkflowRejected,
+)
 from comfy_bridge.jobs.protocol import GenerateResponse, OutputFile, Timings
 
 

@@ -16,6 +16,7 @@ from pydantic import SecretStr
 
 from comfy_bridge.settings import BridgeSettings, S3Settings
 from tests.io.seaweed import REGION, Seaweed, WeedUnavailable, free_port, start_seaweed
+from tests.support import serve_app
 
 __all__ = ["REGION", "Seaweed", "free_port", "s3_env"]
 
@@ -92,12 +93,7 @@ async def http_server() -> AsyncIterator[Callable[[dict[str, Handler]], Awaitabl
         app = web.Application()
         for path, handler in routes.items():
             app.router.add_route(method, path, handler)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        runners.append(runner)
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = await serve_app(app, runners, shutdown_timeout=1.0)
         return f"http://127.0.0.1:{port}"
 
     yield start

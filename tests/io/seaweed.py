@@ -21,6 +21,8 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+from tests.support import free_port  # noqa: F401 - re-exported for tests.io
+
 
 class WeedUnavailable(RuntimeError):
     pass
@@ -54,10 +56,6 @@ def free_port_pairs(n: int) -> list[int]:
     return picked
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def weed_binary() -> str | None:

@@ -17,6 +17,7 @@ from PIL import Image
 from comfy_bridge.app import RUNNER_KEY, build_app
 from tests.io.conftest import REGION, free_port, s3_env
 from tests.io.helpers import png_bytes
+from tests.support import serve_app
 
 MODELS = {"checkpoints": ["sd_xl_base_1.0.safetensors"]}
 
@@ -43,12 +44,7 @@ async def bridge(make_settings, make_comfy_double, seaweed) -> AsyncIterator:
         double = await make_comfy_double(models=MODELS)
         settings = make_settings(s3=s3, comfyui_url=double.url, comfyui_path=double.root, **kw)
         app = build_app(settings)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        runners.append(runner)
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = await serve_app(app, runners, shutdown_timeout=1.0)
         return Bridge(f"http://127.0.0.1:{port}", app, session)
 
     yield make

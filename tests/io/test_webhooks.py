@@ -12,7 +12,12 @@ from pydantic import SecretStr
 
 from comfy_bridge.jobs.protocol import JobInput
 from comfy_bridge.webhooks import WebhookSender, sign, verify
-from comfy_bridge.webhooks.signing import ATTEMPT_HEADER, ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
+from comfy_bridge.webhooks.signing import (
+    ATTEMPT_HEADER,
+    ID_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+)
 from tests.io.conftest import free_port
 
 GRAPH = {"1": {"class_type": "EmptyImage", "inputs": {}}}

@@ -9,7 +9,11 @@ import pytest
 
 from comfy_bridge.errors import DownloadFailed
 from comfy_bridge.provision import downloader
-from comfy_bridge.provision.downloader import VERIFIED_FILE, DownloadOptions, ensure_models
+from comfy_bridge.provision.downloader import (
+    VERIFIED_FILE,
+    DownloadOptions,
+    ensure_models,
+)
 from comfy_bridge.provision.manifest import ModelFile
 from tests.provision.conftest import blob, model_entry, sha256
 from tests.provision.model_server import Fault

@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 
 from comfy_bridge.errors import ManifestInvalid
-from comfy_bridge.provision.manifest import DEFAULT_MANIFEST, load_manifest, parse_manifest
+from comfy_bridge.provision.manifest import (
+    DEFAULT_MANIFEST,
+    load_manifest,
+    parse_manifest,
+)
 from comfy_bridge.provision.verify import commented_packs
 
 GOOD_COMFY = '[comfyui]\nversion = "v0.3.64"\ncommit = "a125cd84b054a57729b5eecab930ca9408719832"\n'

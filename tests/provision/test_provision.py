@@ -12,8 +12,18 @@ import pytest
 
 from comfy_bridge.provision.manifest import load_manifest
 from comfy_bridge.provision.provisioner import EXTRA_PATHS_FILE, Options, provision
-from tests.provision.conftest import (REPO_ROOT, blob, commit_all, git, make_comfy_repo, make_pack_repo,
-                                      model_entry, read_calls, stub_python, write_stub)
+from tests.provision.conftest import (
+    REPO_ROOT,
+    blob,
+    commit_all,
+    git,
+    make_comfy_repo,
+    make_pack_repo,
+    model_entry,
+    read_calls,
+    stub_python,
+    write_stub,
+)
 
 KIB = 1024
 

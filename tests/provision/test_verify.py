@@ -10,9 +10,18 @@ import sys
 from aiohttp import web
 
 from comfy_bridge.errors import ComfyIncomplete
-from comfy_bridge.provision.manifest import DEFAULT_MANIFEST, load_manifest, parse_manifest
-from comfy_bridge.provision.verify import (PackIndex, check_graph, read_workflow, startup_check,
-                                           verify_object_info)
+from comfy_bridge.provision.manifest import (
+    DEFAULT_MANIFEST,
+    load_manifest,
+    parse_manifest,
+)
+from comfy_bridge.provision.verify import (
+    PackIndex,
+    check_graph,
+    read_workflow,
+    startup_check,
+    verify_object_info,
+)
 from tests.provision.conftest import REPO_ROOT
 
 SAMPLERS = ["euler", "dpmpp_2m", "res_2s", "res_3s"]

@@ -25,7 +25,6 @@ from hypothesis.errors import InvalidArgument
 
 from comfy_bridge.jobs.protocol import FailureResponse
 from comfy_bridge.observability import Metrics
-
 from tests.comfy_double import ComfyDouble
 
 pytestmark = pytest.mark.timeout(300)
@@ -187,10 +186,10 @@ async def post_raw(bridge, data: bytes, content_type: str = "application/json") 
 
 
 @pytest.fixture
-async def fuzz_bridge(make_bridge, make_comfy_double, tmp_path):  # noqa: F811
+async def fuzz_bridge(make_bridge, make_comfy_double, tmp_path):
     double: ComfyDouble = await make_comfy_double(models={"checkpoints": [CKPT]})
     return await make_bridge(double.url, double.root, spool_dir=tmp_path / "spool",
-                             max_body_bytes=256 * 1024, default_timeout_s=10, metrics=Metrics())
+                             max_body_bytes=256 * 1024, default_timeout_s=120, metrics=Metrics())
 
 
 # --- tests ---------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ import asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from comfy_bridge import errors, observability as obs
+from comfy_bridge import errors
+from comfy_bridge import observability as obs
 from comfy_bridge.jobs.protocol import Timings
 from comfy_bridge.observability import Metrics, outcome_for
 

@@ -25,10 +25,10 @@ from pydantic import SecretStr
 from comfy_bridge import logs
 from comfy_bridge.observability import Metrics
 from comfy_bridge.settings import S3Settings
-from tests.support import save_graph
 from tests.comfy_double import ComfyDouble
 from tests.io.seaweed import REGION, Seaweed, WeedUnavailable, start_seaweed
 from tests.reliability.faults.stack import Stack, free_port, start_stack
+from tests.support import save_graph
 
 pytestmark = pytest.mark.timeout(90)
 

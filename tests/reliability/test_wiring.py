@@ -21,8 +21,8 @@ import pytest
 from comfy_bridge import logs
 from comfy_bridge.errors import ComfyUnavailable
 from comfy_bridge.observability import Metrics
-from tests.support import free_port, save_graph
 from tests.comfy_double import ComfyDouble
+from tests.support import free_port, save_graph
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 
 from tests.comfy_double import ComfyDouble
-from tests.support import free_port
+from tests.support import free_port, vast_env
 from worker.emulator import RouterEmulator, WorkerView
 
 REPO = Path(__file__).resolve().parents[2]
@@ -142,17 +142,8 @@ async def start_worker(
         bench = cwd / "benchmark.json"
         bench.write_text(json.dumps(benchmark or sd15_graph()))
         port = free_port()
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("COMFY_WORKER_", "COMFY_BRIDGE_", "VAST_", "S3_"))}
+        env = vast_env(dict(os.environ), report_addr=emulator.url, port=port, container_id=100 + n)
         env.update({
-            "CONTAINER_ID": str(100 + n),
-            "REPORT_ADDR": emulator.url,
-            "PUBLIC_IPADDR": "127.0.0.1",
-            "WORKER_PORT": str(port),
-            f"VAST_TCP_PORT_{port}": str(port),
-            "WORKER_HTTP_PORT": str(free_port()),
-            "UNSECURED": "false",
-            "USE_SSL": "false",
             "COMFY_WORKER_STATE_DIR": str(cwd / "state"),
             "COMFY_WORKER_BENCHMARK_WORKFLOW": str(bench),
             "COMFY_WORKER_BENCHMARK_RUNS": "1",

@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 
 from comfy_bridge.errors import ComfyUnavailable, MissingModels
+from tests.worker.conftest import free_port
 from worker.client import (
     CallTimeout,
     ResultUnknown,
@@ -18,7 +19,6 @@ from worker.client import (
     WorkerHTTPError,
     generate_sync,
 )
-from tests.worker.conftest import free_port
 
 GRAPH = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
          "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}

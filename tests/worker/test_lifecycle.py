@@ -12,11 +12,11 @@ from aiohttp import web
 from comfy_bridge.app import build_app
 from comfy_bridge.errors import MissingModels, MissingNodeClasses, WorkflowRejected
 from comfy_bridge.settings import BridgeSettings
+from tests.worker.conftest import CKPT, sd15_graph
 from worker import readiness
 from worker.lifecycle import WorkerLifecycle
 from worker.pyworker import _watch_failure
 from worker.settings import WorkerSettings
-from tests.worker.conftest import CKPT, sd15_graph
 
 
 class Backend:

@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 
 from comfy_bridge.errors import ExecutionFailed
-from worker.client import WorkerClient
 from tests.worker.conftest import SD15_UNITS, sd15_graph, until
+from worker.client import WorkerClient
 
 pytestmark = pytest.mark.timeout(90)
 

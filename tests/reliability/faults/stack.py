@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 
 from tests.reliability.faults.comfy_main import write_main
-from tests.support import free_port
+from tests.support import free_port, vast_env
 
 REPO = Path(__file__).resolve().parents[3]
 ENDPOINT = "faults"
@@ -200,17 +200,8 @@ def start_stack(tmp: Path, env: dict[str, str] | None = None, exec_ms: float = 3
     emulator_url = f"http://127.0.0.1:{emu_port}"
 
     port = free_port()
-    child_env = {k: v for k, v in os.environ.items()
-                 if not k.startswith(("COMFY_WORKER_", "COMFY_BRIDGE_", "VAST_", "S3_"))}
+    child_env = vast_env(dict(os.environ), report_addr=emulator_url, port=port, container_id=42)
     child_env.update({
-        "CONTAINER_ID": "42",
-        "REPORT_ADDR": emulator_url,
-        "PUBLIC_IPADDR": "127.0.0.1",
-        "WORKER_PORT": str(port),
-        f"VAST_TCP_PORT_{port}": str(port),
-        "WORKER_HTTP_PORT": str(free_port()),
-        "UNSECURED": "false",
-        "USE_SSL": "false",
         "COMFY_WORKER_BENCHMARK_RUNS": "1",
         "COMFY_WORKER_BENCHMARK_CONCURRENCY": "1",
         "COMFY_BRIDGE_SPOOL_DIR": str(tmp / "spool"),
