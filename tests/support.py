@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import aiohttp
 from aiohttp import web
 
+from comfy_bridge import logs
 from comfy_bridge.app import RUNNER_KEY
 from comfy_bridge.settings import BridgeSettings
 
@@ -77,3 +81,21 @@ def vast_env(base: dict[str, str], *, report_addr: str, port: int, container_id:
         "USE_SSL": "false",
     })
     return env
+
+
+@contextlib.contextmanager
+def json_logs(level: int = logging.INFO) -> Iterator[io.StringIO]:
+    """Everything logged meanwhile, as the JSON lines the worker writes (logs.JsonFormatter)."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.JsonFormatter())
+    handler.setLevel(level)
+    root = logging.getLogger()
+    saved = root.level
+    root.addHandler(handler)
+    root.setLevel(level)
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved)

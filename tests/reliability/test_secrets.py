@@ -22,13 +22,12 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
-from comfy_bridge import logs
 from comfy_bridge.observability import Metrics
 from comfy_bridge.settings import S3Settings
 from tests.comfy_double import ComfyDouble
 from tests.io.seaweed import REGION, Seaweed, WeedUnavailable, start_seaweed
 from tests.reliability.faults.stack import Stack, free_port, start_stack
-from tests.support import save_graph
+from tests.support import json_logs, save_graph
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -69,17 +68,8 @@ def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
 @pytest.fixture
 def all_logs() -> Iterator[io.StringIO]:
     """Every record of every logger, at DEBUG, as the JSON lines the worker writes."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logs.JsonFormatter())
-    handler.setLevel(logging.DEBUG)
-    root = logging.getLogger()
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    yield stream
-    root.removeHandler(handler)
-    root.setLevel(level)
+    with json_logs(logging.DEBUG) as stream:
+        yield stream
 
 
 @pytest.fixture
@@ -210,19 +200,8 @@ async def _drive_worker(stack: Stack) -> None:
 
 
 def test_structured_log_fields_are_scrubbed_too():
-    import io
-    import logging
-
-    from comfy_bridge import logs
-
-    buf = io.StringIO()
-    handler = logging.StreamHandler(buf)
-    handler.setFormatter(logs.JsonFormatter())
-    logger = logging.getLogger("test.secrets.fields")
-    logger.addHandler(handler)
-    try:
-        logger.warning("upload failed", extra={"fields": {"secret_access_key": "AKIA-LEAK-ME", "endpoint": "x"}})
-    finally:
-        logger.removeHandler(handler)
-    line = buf.getvalue()
+    with json_logs() as stream:
+        logging.getLogger("test.secrets.fields").warning(
+            "upload failed", extra={"fields": {"secret_access_key": "AKIA-LEAK-ME", "endpoint": "x"}})
+    line = stream.getvalue()
     assert "AKIA-LEAK-ME" not in line and '"endpoint": "x"' in line

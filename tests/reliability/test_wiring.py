@@ -18,11 +18,10 @@ from typing import Any, Iterator
 import aiohttp
 import pytest
 
-from comfy_bridge import logs
 from comfy_bridge.errors import ComfyUnavailable
 from comfy_bridge.observability import Metrics
 from tests.comfy_double import ComfyDouble
-from tests.support import free_port, save_graph
+from tests.support import free_port, json_logs, save_graph
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -65,16 +64,8 @@ class Supervisor:
 @pytest.fixture
 def captured_logs() -> Iterator[io.StringIO]:
     """Everything logged, as the JSON lines the worker writes."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logs.JsonFormatter())
-    root = logging.getLogger()
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    yield stream
-    root.removeHandler(handler)
-    root.setLevel(level)
+    with json_logs(logging.INFO) as stream:
+        yield stream
 
 
 def _lines(stream: io.StringIO) -> list[dict[str, Any]]:
