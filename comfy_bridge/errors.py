@@ -18,7 +18,11 @@ retrying the same request elsewhere can help, so the routes never guess.
     ├── ComfyUnavailable             503  ComfyUI is down, starting or restarting (retriable)
     │   ├── ComfyUnrecoverable       503  ComfyUI is gone for good; the worker asks to be replaced
     │   └── ShuttingDown             503  the worker got SIGTERM and takes no new requests (retriable)
-    └── DeadlineExceeded             504  the request ran past its timeout; the prompt was interrupted
+    ├── DeadlineExceeded             504  the request ran past its timeout; the prompt was interrupted
+    └── DeployFailed                 502  `comfy-worker deploy`: the deployment could not be read or converged
+        ├── DeployConfigInvalid      422  deploy.toml is wrong or a ${VAR} it uses is unset (nothing was written)
+        └── ControlPlaneRefused      502  the control plane answered an error (status, what to do)
+            └── ControlPlaneUnauthorized 401  the API key was refused (named by source, never by value)
 """
 
 from __future__ import annotations
@@ -143,3 +147,27 @@ class ComfyIncomplete(ComfyUnrecoverable):
     """ComfyUI answers but lacks node classes the worker needs (a pack failed to import)."""
 
     type = "comfyui_incomplete"
+
+
+# --- deployment (worker/deploy): not HTTP answers, but the same shape for the CLI's reports ---
+
+
+class DeployFailed(BridgeError):
+    """`comfy-worker deploy` could not read or converge the deployment."""
+
+    status = 502
+    type = "deploy_failed"
+
+
+class DeployConfigInvalid(DeployFailed):
+    status = 422
+    type = "deploy_config_invalid"
+
+
+class ControlPlaneRefused(DeployFailed):
+    type = "control_plane_refused"
+
+
+class ControlPlaneUnauthorized(ControlPlaneRefused):
+    status = 401
+    type = "control_plane_unauthorized"

@@ -5,6 +5,7 @@
     call            send a workflow through the router to a worker and save the outputs
     provision       install ComfyUI, custom nodes and models from models_manifest.toml
     check-workflow  check a workflow against a running ComfyUI
+    deploy          plan|apply|destroy|status: deploy.toml is the Vast deployment
 
 Each subcommand's flags and logic live in the module that owns it; this file only
 dispatches, so `comfy-worker --help` stays fast (imports are lazy).
@@ -24,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "call": ("worker.call_cli", "call a worker through the router and save the outputs"),
     "provision": ("comfy_bridge.provision.cli", "install ComfyUI, custom nodes and models"),
     "check-workflow": ("comfy_bridge.provision.check_cli", "check a workflow against a running ComfyUI"),
+    "deploy": ("worker.deploy.cli", "deploy.toml as the Vast deployment: plan, apply, destroy, status"),
 }
 
 

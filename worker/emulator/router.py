@@ -134,22 +134,20 @@ class RouterEmulator:
 
     async def _route(self, request: web.Request) -> web.Response:
         body = await self._json(request)
-        if body.get("api_key") != self.api_key:
-            return web.json_response({"error": "invalid api_key"}, status=401)
-        if body.get("endpoint") != self.endpoint:
-            return web.json_response(
-                {"error": f"endpoint {body.get('endpoint')!r} not found"}, status=404
-            )
+        refused = self._check_route(str(body.get("endpoint")), body.get("api_key"))
+        if refused is not None:
+            return refused
         try:
             cost = float(body.get("cost", 0) or 0)
             request_idx = int(body.get("request_idx", 0) or 0)
         except (TypeError, ValueError):
             return web.json_response({"error": "cost and request_idx must be numbers"}, status=400)
         request_idx = request_idx or next(self._request_idx)
-        worker = self._pick()
+        candidates = self._candidates(str(body.get("endpoint")))
+        worker = self._pick(candidates)
         if worker is None:
             counts = {"ready": 0, "loading": 0, "error": 0}
-            for w in self.workers.values():
+            for w in candidates:
                 counts["error" if w.error_msg else "loading" if not w.loaded else "ready"] += 1
             return web.json_response(
                 {"endpoint": self.endpoint, "request_idx": request_idx, "status": counts}
@@ -159,9 +157,22 @@ class RouterEmulator:
         self.routed.append({"worker_id": worker.id, **auth, "at": time.time()})
         return web.json_response(auth)
 
-    def _pick(self) -> WorkerView | None:
+    def _check_route(self, endpoint: str, api_key: Any) -> web.Response | None:
+        """An error answer for a /route/ call this router does not serve (the control plane
+        in control_plane.py serves the endpoints created through it instead)."""
+        if api_key != self.api_key:
+            return web.json_response({"error": "invalid api_key"}, status=401)
+        if endpoint != self.endpoint:
+            return web.json_response({"error": f"endpoint {endpoint!r} not found"}, status=404)
+        return None
+
+    def _candidates(self, endpoint: str) -> list[WorkerView]:
+        """The workers serving `endpoint` (here: every worker that reported)."""
+        return list(self.workers.values())
+
+    def _pick(self, candidates: list[WorkerView]) -> WorkerView | None:
         """The ready worker with the shortest expected wait, as the real router balances."""
-        ready = [w for w in self.workers.values() if w.ready]
+        ready = [w for w in candidates if w.ready]
         if not ready:
             return None
         return min(ready, key=lambda w: (w.cur_load + w.routed_since_report) / max(w.max_perf, 1e-6))

@@ -1,0 +1,169 @@
+"""The diff between deploy.toml and the account: per resource and field, + ~ or -.
+
+Resources are matched by name, never by "the newest id": the template named for the
+deployment (`[deploy] name`), the endpoint by `endpoint_name`, the workergroup by the
+endpoint it belongs to. Two of a kind under one name is an error, not a guess.
+
+A template change gives the template a new hash_id, so the workergroup's template_hash
+changes too ("known after apply"): that is the change that moves workers (a rolling
+update). Endpoint fields change scaling only; workergroup fields change which machines
+are recruited next.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from comfy_bridge.errors import DeployFailed
+from worker.deploy.config import ENDPOINT_FIELDS, Desired, parse_docker_options
+from worker.deploy.vast_api import Account
+
+KNOWN_AFTER_APPLY = "(known after apply)"
+Kind = Literal["template", "endpoint", "workergroup"]
+Action = Literal["create", "update", "delete", "noop"]
+
+
+class FieldChange(BaseModel):
+    field: str
+    old: Any = None
+    new: Any = None
+
+
+class ResourceChange(BaseModel):
+    kind: Kind
+    action: Action
+    name: str
+    id: int | None = None
+    hash_id: str | None = None
+    changes: list[FieldChange] = Field(default_factory=list)
+    note: str = ""
+    current: dict[str, Any] | None = Field(default=None, exclude=True)  # the account's row, for apply
+
+
+class Plan(BaseModel):
+    deployment: str
+    env: str | None = None
+    resources: list[ResourceChange]
+
+    @property
+    def has_changes(self) -> bool:
+        return any(r.action != "noop" for r in self.resources)
+
+    def of(self, kind: Kind) -> ResourceChange:
+        return next(r for r in self.resources if r.kind == kind)
+
+
+def _one(rows: list[dict[str, Any]], what: str) -> dict[str, Any] | None:
+    if len(rows) > 1:
+        ids = ", ".join(str(r.get("id")) for r in rows)
+        raise DeployFailed(f"{len(rows)} {what} (ids {ids}): the deployment cannot tell which it manages. "
+                           "Delete or rename the extra ones in the Vast console, then run again.")
+    return rows[0] if rows else None
+
+
+def match(desired: Desired, account: Account) -> tuple[dict | None, dict | None, dict | None]:
+    """(template, endpoint, workergroup) of the account that this deployment manages."""
+    name = desired.config.deploy.name
+    ep_name = desired.config.endpoint_name
+    template = _one(account.templates, f"templates named {name!r}")
+    endpoint = _one([e for e in account.endpoints if e.get("endpoint_name") == ep_name],
+                    f"endpoints named {ep_name!r}")
+    group = None
+    if endpoint is not None:
+        group = _one([g for g in account.workergroups if g.get("endpoint_id") == endpoint["id"]],
+                     f"workergroups on endpoint {ep_name!r}")
+    return template, endpoint, group
+
+
+def _num_equal(a: Any, b: Any) -> bool:
+    try:
+        return a is not None and b is not None and float(a) == float(b)
+    except (TypeError, ValueError):
+        return a == b
+
+
+def template_changes(desired: Desired, current: dict[str, Any] | None) -> list[FieldChange]:
+    t = desired.config.template
+    cur = current or {}
+    ports, env = parse_docker_options(cur.get("env"))
+    out: list[FieldChange] = []
+
+    def check(field: str, old: Any, new: Any, same: bool) -> None:
+        if current is None or not same:
+            out.append(FieldChange(field=field, old=None if current is None else old, new=new))
+
+    check("image", cur.get("image"), t.image, cur.get("image") == t.image)
+    check("tag", cur.get("tag"), t.tag, cur.get("tag") == t.tag)
+    check("ports", ports, t.ports, sorted(ports) == sorted(t.ports))
+    for key in sorted(set(env) | set(t.env)):
+        if current is None or env.get(key) != t.env.get(key):
+            out.append(FieldChange(field=f"env.{key}", old=env.get(key) if current else None, new=t.env.get(key)))
+    check("disk_gb", cur.get("recommended_disk_space"), t.disk_gb, _num_equal(cur.get("recommended_disk_space"), t.disk_gb))
+    check("launch_mode", cur.get("runtype"), t.launch_mode, cur.get("runtype") == t.launch_mode)
+    check("onstart", cur.get("onstart"), t.onstart, (cur.get("onstart") or "") == t.onstart)
+    return out
+
+
+def endpoint_changes(desired: Desired, current: dict[str, Any] | None) -> list[FieldChange]:
+    want = desired.endpoint_fields()
+    cur = current or {}
+    out = []
+    for field in ("endpoint_state", *ENDPOINT_FIELDS):
+        same = cur.get(field) == want[field] if field == "endpoint_state" else _num_equal(cur.get(field), want[field])
+        if current is None or not same:
+            out.append(FieldChange(field=field, old=cur.get(field) if current else None, new=want[field]))
+    return out
+
+
+def workergroup_changes(desired: Desired, current: dict[str, Any] | None, template_hash: str) -> list[FieldChange]:
+    w = desired.config.workergroup
+    cur = current or {}
+    pairs = {
+        "template_hash": (cur.get("template_hash"), template_hash, cur.get("template_hash") == template_hash),
+        "search_params": (cur.get("search_params"), w.search_params,
+                          " ".join(str(cur.get("search_params") or "").split()) == " ".join(w.search_params.split())),
+        "gpu_ram": (cur.get("gpu_ram"), w.gpu_ram, _num_equal(cur.get("gpu_ram"), w.gpu_ram)),
+        "launch_args": (cur.get("launch_args"), w.launch_args, (cur.get("launch_args") or "") == w.launch_args),
+    }
+    return [FieldChange(field=f, old=old if current else None, new=new)
+            for f, (old, new, same) in pairs.items() if current is None or not same]
+
+
+def _resource(kind: Kind, name: str, current: dict[str, Any] | None, changes: list[FieldChange]) -> ResourceChange:
+    action: Action = "create" if current is None else "update" if changes else "noop"
+    return ResourceChange(kind=kind, action=action, name=name, id=(current or {}).get("id"),
+                          hash_id=(current or {}).get("hash_id"), changes=changes, current=current)
+
+
+def make_plan(desired: Desired, account: Account) -> Plan:
+    template, endpoint, group = match(desired, account)
+    name = desired.config.deploy.name
+    t = _resource("template", name, template, template_changes(desired, template))
+    if t.action == "update":
+        t.note = "a new template version (new hash_id): workers move to it"
+    e = _resource("endpoint", desired.config.endpoint_name, endpoint, endpoint_changes(desired, endpoint))
+    if e.action == "update":
+        e.note = "scaling only: no worker restarts"
+    next_hash = template["hash_id"] if template is not None and t.action == "noop" else KNOWN_AFTER_APPLY
+    g = _resource("workergroup", f"{desired.config.endpoint_name}/workergroup", group,
+                  workergroup_changes(desired, group, next_hash))
+    if g.action == "update":
+        rolls = any(c.field == "template_hash" for c in g.changes)
+        g.note = ("rolls workers: inactive ones move to the new template first, active ones after their "
+                  "requests" if rolls else "applies to workers recruited from now on")
+    return Plan(deployment=name, env=desired.env_name, resources=[t, e, g])
+
+
+def destroy_plan(desired: Desired, account: Account) -> Plan:
+    template, endpoint, group = match(desired, account)
+    name = desired.config.deploy.name
+    out = []
+    for kind, rname, row in (("workergroup", f"{desired.config.endpoint_name}/workergroup", group),
+                             ("endpoint", desired.config.endpoint_name, endpoint), ("template", name, template)):
+        out.append(ResourceChange(kind=kind, action="noop" if row is None else "delete", name=rname,  # type: ignore[arg-type]
+                                  id=(row or {}).get("id"), hash_id=(row or {}).get("hash_id")))
+    out[0].note = "stops recruiting; its workers stop taking requests and are released"
+    out[1].note = "the endpoint's name stops routing: callers get 404"
+    return Plan(deployment=name, env=desired.env_name, resources=out)
