@@ -58,6 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--benchmark-workflow", type=Path, help="overrides COMFY_WORKER_BENCHMARK_WORKFLOW")
     p.add_argument("--state-dir", type=Path,
                    help="where the benchmark result is kept (default COMFY_WORKER_STATE_DIR; --local: a temp dir)")
+    p.add_argument("--deploy-file", type=Path,
+                   help="deploy.toml: endpoint settings (max_queue_time; with --local, the endpoint name) from it")
+    p.add_argument("--deploy-env", help="with --deploy-file: the [env.NAME] overlay")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -112,6 +115,18 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
         overrides["host"] = args.host
     elif args.local and not os.environ.get("COMFY_WORKER_HOST"):
         overrides["host"] = "127.0.0.1"
+    if getattr(args, "deploy_file", None):  # the endpoint as deploy.toml defines it
+        from comfy_bridge.errors import DeployFailed
+        from worker.deploy.config import local_endpoint_settings
+
+        try:
+            endpoint_name, endpoint_overrides = local_endpoint_settings(args.deploy_file, args.deploy_env)
+        except DeployFailed as e:
+            _say(f"comfy-worker serve: {e.message}")
+            return 2
+        overrides.update(endpoint_overrides)
+        if args.local and args.endpoint == "local":
+            args.endpoint = endpoint_name
     settings = WorkerSettings(**overrides)
     bridge_settings = BridgeSettings()
     cleanups: list[Any] = []  # async callables, run last-first

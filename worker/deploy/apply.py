@@ -128,7 +128,5 @@ async def destroy(desired: Desired, api: VastApi, plan: Plan, *, say: Any = prin
             await api.delete_template(r.id)
         done.append(f"{r.kind} {r.name!r} (id {r.id}) deleted")
         say(done[-1])
-    if not done:
-        say("nothing to destroy: the account holds none of this deployment")
     return done
 

@@ -42,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         q.add_argument("--autoscaler-url", default=os.environ.get("COMFY_WORKER_AUTOSCALER_URL", "https://run.vast.ai"),
                        help="Vast's autoscaler (COMFY_WORKER_AUTOSCALER_URL)")
         q.add_argument("--json", action="store_true", help="print JSON instead of text")
+        q.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
         if name in ("plan", "apply"):
             q.add_argument("--image-tag", help="overrides [template] tag (e.g. the commit CI just pushed)")
         if name == "plan":
@@ -52,11 +53,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             q.add_argument("--roll", action="store_true",
                            help="when the template changed, ask for a rolling update of the workers")
             q.add_argument("--state-out", type=Path, help="write what was applied (ids, hash, commit, time) as JSON")
-    p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
 def run(args: argparse.Namespace) -> int:
-    logs.setup(getattr(args, "log_level", "WARNING"))
+    logs.setup(args.log_level)
     try:
         return asyncio.run(_run(args))
     except BridgeError as e:
@@ -89,9 +89,10 @@ async def _run(args: argparse.Namespace) -> int:
         return await _status(desired, api, account, args.json)
     if cmd == "destroy":
         p = plan.destroy_plan(desired, account)
-        print(render.plan_json(desired, p) if args.json else render.plan_text(desired, p))
         if not p.has_changes:
+            print("nothing to destroy: the account holds none of this deployment")
             return 0
+        print(render.plan_json(desired, p) if args.json else render.plan_text(desired, p))
         print("Deleting the workergroup stops recruiting; Vast's SDK notes it does not by itself destroy the "
               "instances: deleting the endpoint then releases its workers and requests in flight fail.")
         if not _confirm("Destroy these resources?", args.yes):

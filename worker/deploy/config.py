@@ -246,3 +246,11 @@ def load(path: Path | str, *, env_name: str | None = None, image_tag: str | None
     except ValidationError as e:
         raise DeployConfigError(_describe(e, where)) from None
     return Desired(config=config, env_name=env_name, file=str(path), hidden=hidden, secrets=secrets)
+
+
+def local_endpoint_settings(path: Path | str, env_name: str | None = None) -> tuple[str, dict[str, Any]]:
+    """(endpoint name, WorkerSettings overrides) of deploy.toml's endpoint, for a local run
+    (`comfy-worker serve --local --deploy-file`): the worker then refuses (429) at the
+    same max_queue_time as on Vast."""
+    desired = load(path, env_name=env_name, strict=False)
+    return desired.config.endpoint_name, {"max_queue_time_s": desired.config.endpoint.max_queue_time}

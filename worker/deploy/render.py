@@ -32,7 +32,7 @@ def resource_lines(desired: Desired, r: ResourceChange) -> list[str]:
     ident = f" (id {r.id})" if r.id is not None else ""
     head = f"  {SYMBOL[r.action]} {r.kind} {r.name!r}{ident}"
     if r.action == "noop":
-        return [head + ": no changes"]
+        return [head + (": no changes" if r.id is not None else ": absent")]
     lines = [head + (f"  # {r.note}" if r.note else "")]
     width = max((len(c.field) for c in r.changes), default=0)
     for c in r.changes:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
 from pathlib import Path
 
 from comfy_bridge import logs
@@ -32,8 +33,11 @@ async def _main(args: argparse.Namespace) -> None:
           flush=True)
     if args.comfyui_url:
         print(f"workergroups start local workers against ComfyUI at {args.comfyui_url}", flush=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # stop the local workers it started, too
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
         await emu.stop()
 

@@ -69,6 +69,7 @@ class ControlPlane(RouterEmulator):
         self.endpoints: dict[int, dict[str, Any]] = {}
         self.workergroups: dict[int, dict[str, Any]] = {}
         self.writes: list[dict[str, Any]] = []
+        self.calls: list[tuple[str, str, int]] = []  # every console/autoscaler call: method, path, status
         self.comfyui_url = comfyui_url
         self._instances_dir = instances_dir
         self._worker_env = worker_env or {}
@@ -133,6 +134,16 @@ class ControlPlane(RouterEmulator):
         if path.startswith("/_emulator/") or path in ("/route/", "/pubkey/", "/worker_status/",
                                                       "/delete_requests/", "/reports", "/workers"):
             return await handler(request)
+        try:
+            response = await self._gated(request, handler)
+        except web.HTTPException as e:
+            self.calls.append((request.method, path, e.status))
+            raise
+        self.calls.append((request.method, path, response.status))
+        return response
+
+    async def _gated(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        path = request.path
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return web.json_response({"success": False, "error": "invalid_user", "msg": "Invalid API key"},
                                      status=401)
@@ -153,7 +164,7 @@ class ControlPlane(RouterEmulator):
         return response
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
-        if not request.can_read_body:
+        if not request.body_exists:
             return {}
         try:
             body = json.loads(await request.read() or b"{}")
