@@ -127,6 +127,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
         overrides.update(endpoint_overrides)
         if args.local and args.endpoint == "local":
             args.endpoint = endpoint_name
+        _say(f"endpoint {endpoint_name!r} from {args.deploy_file}: max_queue_time "
+             f"{endpoint_overrides['max_queue_time_s']:g} s")
     settings = WorkerSettings(**overrides)
     bridge_settings = BridgeSettings()
     cleanups: list[Any] = []  # async callables, run last-first
