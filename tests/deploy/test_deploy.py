@@ -147,6 +147,13 @@ async def test_rate_limited_writes_are_retried_after_retry_after(vast, run_deplo
     assert sum(1 for _, _, status in vast.calls if status == 429) == 3
 
 
+async def test_rate_limited_past_the_retries_is_a_clear_error(vast, run_deploy):
+    vast.rate_limit(100, retry_after=0.01)
+    r = await run_deploy("apply", "--yes")
+    assert r.rc == 1 and "create_template: Vast still answers 429" in r.err and "Traceback" not in r.err
+    assert vast.writes == []
+
+
 async def test_failure_halfway_then_a_rerun_converges(vast, run_deploy):
     vast.fail("POST", "/api/v0/autojobs/", status=500)
     r = await run_deploy("apply", "--yes")

@@ -95,7 +95,7 @@ async def _run(args: argparse.Namespace) -> int:
         print(render.plan_json(desired, p) if args.json else render.plan_text(desired, p))
         print("Deleting the workergroup stops recruiting; Vast's SDK notes it does not by itself destroy the "
               "instances: deleting the endpoint then releases its workers and requests in flight fail.")
-        if not _confirm("Destroy these resources?", args.yes):
+        if not await asyncio.to_thread(_confirm, "Destroy these resources?", args.yes):
             return 1
         await applying.destroy(desired, api, p)
         return 0
@@ -104,7 +104,7 @@ async def _run(args: argparse.Namespace) -> int:
     print(render.plan_json(desired, p) if args.json and cmd == "plan" else render.plan_text(desired, p))
     if cmd == "plan":
         return 2 if (p.has_changes and args.detailed_exitcode) else 0
-    if p.has_changes and not _confirm("Apply these changes?", args.yes):
+    if p.has_changes and not await asyncio.to_thread(_confirm, "Apply these changes?", args.yes):
         return 1
     state = await applying.apply(desired, api, p, roll=args.roll)  # writes nothing when nothing differs
     if args.state_out:

@@ -94,15 +94,20 @@ class VastApi:
     # --- the one way every call goes ------------------------------------------------------
 
     async def _call(self, what: str, fn: Callable[..., Any], *args: Any, write: bool = False, **kw: Any) -> Any:
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception(lambda e: isinstance(e, RateLimited)),
-            wait=_wait_retry_after, stop=stop_after_attempt(RATE_LIMIT_ATTEMPTS), reraise=True,
-        ):
-            with attempt:
-                n = attempt.retry_state.attempt_number
-                if n > 1:
-                    log.info("retrying after 429", extra={"fields": {"call": what, "attempt": n}})
-                result = await asyncio.to_thread(self._sync, what, fn, *args, **kw)
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(lambda e: isinstance(e, RateLimited)),
+                wait=_wait_retry_after, stop=stop_after_attempt(RATE_LIMIT_ATTEMPTS), reraise=True,
+            ):
+                with attempt:
+                    n = attempt.retry_state.attempt_number
+                    if n > 1:
+                        log.info("retrying after 429", extra={"fields": {"call": what, "attempt": n}})
+                    result = await asyncio.to_thread(self._sync, what, fn, *args, **kw)
+        except RateLimited as e:
+            raise ControlPlaneRefused(
+                f"{what}: Vast still answers 429 (rate limited) after {RATE_LIMIT_ATTEMPTS} tries; nothing more was "
+                f"sent. Run again in a minute (last Retry-After: {e.wait_s:g} s).", retriable=True) from None
         if write:
             self.writes.append(what)
         if isinstance(result, dict) and (result.get("success") is False or set(result) == {"error"}):
@@ -127,7 +132,7 @@ class VastApi:
                     "current and allowed to manage serverless endpoints (Vast console > Keys), then set "
                     "VAST_API_KEY.", source=self.key.source) from None
             raise ControlPlaneRefused(f"{what}: HTTP {status} from Vast: {body}", http_status=status) from None
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):
             raise DeployFailed(f"{what}: cannot reach {self.vast_url} / {self.autoscaler_url} "
                                "(check --vast-url / --autoscaler-url and the network)", retriable=True) from None
         except ValueError as e:  # e.g. update_template: no template with this hash
