@@ -238,3 +238,18 @@ async def test_vast_url_equal_to_the_console_url_is_refused(vast, run_deploy, mo
         capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 1
     assert "VAST_URL is set" in proc.stderr and "Unset VAST_URL" in proc.stderr
+
+
+async def test_fields_the_account_does_not_report_are_not_compared_but_always_sent(vast, run_deploy, deploy_file):
+    """Vast's documented show-endpoints row has no max_queue_time, target_queue_time,
+    inactivity_timeout or min_cold_load: a second apply must still write nothing."""
+    assert (await run_deploy("apply", "--yes")).rc == 0
+    (endpoint,) = vast.endpoints.values()
+    for key in ("max_queue_time", "target_queue_time", "inactivity_timeout", "min_cold_load"):
+        del endpoint[key]
+    plan = await run_deploy("plan", "--detailed-exitcode")
+    assert plan.rc == 0, plan.text
+    assert "not reported by Vast, so not compared" in plan.out and "max_queue_time" in plan.out
+    deploy_file.write_text(deploy_file.read_text().replace("max_workers = 4 ", "max_workers = 5 "))
+    assert (await run_deploy("apply", "--yes")).rc == 0
+    assert vast.writes[-1]["body"]["max_queue_time"] == 30  # the full state, unread fields included

@@ -94,7 +94,7 @@ async def apply(desired: Desired, api: VastApi, plan: Plan, *, roll: bool = Fals
     g = plan.of("workergroup")
     group_fields = desired.workergroup_fields(template_hash=state.template_hash, template_id=state.template_id,
                                               endpoint_id=state.endpoint_id)
-    changes = workergroup_changes(desired, g.current, state.template_hash)
+    changes, _ = workergroup_changes(desired, g.current, state.template_hash)
     if g.current is None:
         state.workergroup_id = await api.create_workergroup(group_fields)
         did(f"workergroup created (id {state.workergroup_id}) on endpoint {state.endpoint_id}, "

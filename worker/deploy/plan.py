@@ -39,6 +39,7 @@ class ResourceChange(BaseModel):
     hash_id: str | None = None
     changes: list[FieldChange] = Field(default_factory=list)
     note: str = ""
+    unread: list[str] = Field(default_factory=list)  # fields the account does not report (not compared)
     current: dict[str, Any] | None = Field(default=None, exclude=True)  # the account's row, for apply
 
 
@@ -72,7 +73,8 @@ def match(desired: Desired, account: Account) -> tuple[dict | None, dict | None,
                     f"endpoints named {ep_name!r}")
     group = None
     if endpoint is not None:
-        group = _one([g for g in account.workergroups if g.get("endpoint_id") == endpoint["id"]],
+        group = _one([g for g in account.workergroups if g.get("endpoint_id") == endpoint["id"]
+                      or ("endpoint_id" not in g and g.get("endpoint_name") == ep_name)],
                      f"workergroups on endpoint {ep_name!r}")
     return template, endpoint, group
 
@@ -84,57 +86,74 @@ def _num_equal(a: Any, b: Any) -> bool:
         return a == b
 
 
-def template_changes(desired: Desired, current: dict[str, Any] | None) -> list[FieldChange]:
+Item = tuple[str, str, Any, Any, bool]  # field, the account row's key, current, desired, equal
+
+
+def _diff(current: dict[str, Any] | None, items: list[Item]) -> tuple[list[FieldChange], list[str]]:
+    """(changes, fields the account's row does not report). A field Vast does not return
+    cannot be compared: it is not shown as a change (so a second apply writes nothing),
+    and is sent anyway with any write of the resource, which always carries the full state."""
+    if current is None:
+        return [FieldChange(field=f, new=new) for f, _, _, new, _ in items], []
+    changes, unread = [], []
+    for field, key, old, new, same in items:
+        if key not in current:
+            unread.append(field)
+        elif not same:
+            changes.append(FieldChange(field=field, old=old, new=new))
+    return changes, unread
+
+
+def template_changes(desired: Desired, current: dict[str, Any] | None) -> tuple[list[FieldChange], list[str]]:
     t = desired.config.template
     cur = current or {}
     ports, env = parse_docker_options(cur.get("env"))
-    out: list[FieldChange] = []
-
-    def check(field: str, old: Any, new: Any, same: bool) -> None:
-        if current is None or not same:
-            out.append(FieldChange(field=field, old=None if current is None else old, new=new))
-
-    check("image", cur.get("image"), t.image, cur.get("image") == t.image)
-    check("tag", cur.get("tag"), t.tag, cur.get("tag") == t.tag)
-    check("ports", ports, t.ports, sorted(ports) == sorted(t.ports))
-    for key in sorted(set(env) | set(t.env)):
-        if current is None or env.get(key) != t.env.get(key):
-            out.append(FieldChange(field=f"env.{key}", old=env.get(key) if current else None, new=t.env.get(key)))
-    check("disk_gb", cur.get("recommended_disk_space"), t.disk_gb, _num_equal(cur.get("recommended_disk_space"), t.disk_gb))
-    check("launch_mode", cur.get("runtype"), t.launch_mode, cur.get("runtype") == t.launch_mode)
-    check("onstart", cur.get("onstart"), t.onstart, (cur.get("onstart") or "") == t.onstart)
-    return out
+    items: list[Item] = [
+        ("image", "image", cur.get("image"), t.image, cur.get("image") == t.image),
+        ("tag", "tag", cur.get("tag"), t.tag, cur.get("tag") == t.tag),
+        ("ports", "env", ports, t.ports, sorted(ports) == sorted(t.ports)),
+        *((f"env.{k}", "env", env.get(k), t.env.get(k), env.get(k) == t.env.get(k))
+          for k in sorted(set(env) | set(t.env))),
+        ("disk_gb", "recommended_disk_space", cur.get("recommended_disk_space"), t.disk_gb,
+         _num_equal(cur.get("recommended_disk_space"), t.disk_gb)),
+        ("launch_mode", "runtype", cur.get("runtype"), t.launch_mode, cur.get("runtype") == t.launch_mode),
+        ("onstart", "onstart", cur.get("onstart"), t.onstart, (cur.get("onstart") or "") == t.onstart),
+    ]
+    return _diff(current, items)
 
 
-def endpoint_changes(desired: Desired, current: dict[str, Any] | None) -> list[FieldChange]:
+def endpoint_changes(desired: Desired, current: dict[str, Any] | None) -> tuple[list[FieldChange], list[str]]:
     want = desired.endpoint_fields()
     cur = current or {}
-    out = []
-    for field in ("endpoint_state", *ENDPOINT_FIELDS):
-        same = cur.get(field) == want[field] if field == "endpoint_state" else _num_equal(cur.get(field), want[field])
-        if current is None or not same:
-            out.append(FieldChange(field=field, old=cur.get(field) if current else None, new=want[field]))
-    return out
+    items: list[Item] = [("endpoint_state", "endpoint_state", cur.get("endpoint_state"), want["endpoint_state"],
+                          cur.get("endpoint_state") == want["endpoint_state"])]
+    items += [(f, f, cur.get(f), want[f], _num_equal(cur.get(f), want[f])) for f in ENDPOINT_FIELDS]
+    return _diff(current, items)
 
 
-def workergroup_changes(desired: Desired, current: dict[str, Any] | None, template_hash: str) -> list[FieldChange]:
+def workergroup_changes(desired: Desired, current: dict[str, Any] | None,
+                        template_hash: str) -> tuple[list[FieldChange], list[str]]:
     w = desired.config.workergroup
     cur = current or {}
-    pairs = {
-        "template_hash": (cur.get("template_hash"), template_hash, cur.get("template_hash") == template_hash),
-        "search_params": (cur.get("search_params"), w.search_params,
-                          " ".join(str(cur.get("search_params") or "").split()) == " ".join(w.search_params.split())),
-        "gpu_ram": (cur.get("gpu_ram"), w.gpu_ram, _num_equal(cur.get("gpu_ram"), w.gpu_ram)),
-        "launch_args": (cur.get("launch_args"), w.launch_args, (cur.get("launch_args") or "") == w.launch_args),
-    }
-    return [FieldChange(field=f, old=old if current else None, new=new)
-            for f, (old, new, same) in pairs.items() if current is None or not same]
+    spaced = " ".join(str(cur.get("search_params") or "").split())
+    items: list[Item] = [
+        ("template_hash", "template_hash", cur.get("template_hash"), template_hash,
+         cur.get("template_hash") == template_hash),
+        ("search_params", "search_params", cur.get("search_params"), w.search_params,
+         spaced == " ".join(w.search_params.split())),
+        ("gpu_ram", "gpu_ram", cur.get("gpu_ram"), w.gpu_ram, _num_equal(cur.get("gpu_ram"), w.gpu_ram)),
+        ("launch_args", "launch_args", cur.get("launch_args"), w.launch_args,
+         (cur.get("launch_args") or "") == w.launch_args),
+    ]
+    return _diff(current, items)
 
 
-def _resource(kind: Kind, name: str, current: dict[str, Any] | None, changes: list[FieldChange]) -> ResourceChange:
+def _resource(kind: Kind, name: str, current: dict[str, Any] | None,
+              diff: tuple[list[FieldChange], list[str]]) -> ResourceChange:
+    changes, unread = diff
     action: Action = "create" if current is None else "update" if changes else "noop"
     return ResourceChange(kind=kind, action=action, name=name, id=(current or {}).get("id"),
-                          hash_id=(current or {}).get("hash_id"), changes=changes, current=current)
+                          hash_id=(current or {}).get("hash_id"), changes=changes, unread=unread, current=current)
 
 
 def make_plan(desired: Desired, account: Account) -> Plan:

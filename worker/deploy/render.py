@@ -31,8 +31,10 @@ def _shown(desired: Desired, kind: str, field: str, old: Any, new: Any) -> tuple
 def resource_lines(desired: Desired, r: ResourceChange) -> list[str]:
     ident = f" (id {r.id})" if r.id is not None else ""
     head = f"  {SYMBOL[r.action]} {r.kind} {r.name!r}{ident}"
+    unread = [f"      (not reported by Vast, so not compared; sent with every write: {', '.join(r.unread)})"] \
+        if r.unread else []
     if r.action == "noop":
-        return [head + (": no changes" if r.id is not None else ": absent")]
+        return [head + (": no changes" if r.id is not None else ": absent")] + unread
     lines = [head + (f"  # {r.note}" if r.note else "")]
     width = max((len(c.field) for c in r.changes), default=0)
     for c in r.changes:
@@ -41,7 +43,7 @@ def resource_lines(desired: Desired, r: ResourceChange) -> list[str]:
             lines.append(f"      + {c.field.ljust(width)} = {new}")
         else:
             lines.append(f"      ~ {c.field.ljust(width)} = {old} -> {new}")
-    return lines
+    return lines + unread
 
 
 def plan_text(desired: Desired, plan: Plan) -> str:
