@@ -24,7 +24,6 @@ from typing import Any
 from comfy_bridge import logs
 from comfy_bridge.errors import BridgeError
 
-log = logs.get(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                             ("status", "the endpoint, its workers and the template hash in use")):
         q = sub.add_parser(name, help=help_text)
         q.add_argument("--file", type=Path, default=Path("deploy.toml"), help="the deployment (default deploy.toml)")
-        q.add_argument("--env", dest="deploy_env", help="lay [env.NAME] over the base tables")
+        q.add_argument("--env", dest="deploy_env", metavar="NAME", help="lay [env.NAME] over the base tables")
         q.add_argument("--vast-url", default=os.environ.get("COMFY_WORKER_VAST_URL", "https://console.vast.ai"),
                        help="Vast's console API (COMFY_WORKER_VAST_URL)")
         q.add_argument("--autoscaler-url", default=os.environ.get("COMFY_WORKER_AUTOSCALER_URL", "https://run.vast.ai"),
