@@ -25,7 +25,6 @@ from comfy_bridge import logs
 from comfy_bridge.errors import BridgeError
 
 
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = __doc__.split("\n\n")[0]
     sub = p.add_subparsers(dest="deploy_command", required=True, metavar="ACTION")

@@ -162,14 +162,10 @@ def parse_docker_options(text: str | None) -> tuple[list[int], dict[str, str]]:
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """`over` laid over `base`: tables merge key by key ([template.env] too), values replace."""
     out = copy.deepcopy(base)
     for k, v in over.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), dict) and k != "env":
-            out[k] = _merge(out[k], v)
-        elif isinstance(v, Mapping) and isinstance(out.get(k), dict):  # [template.env]: keys merge too
-            out[k] = {**out[k], **v}
-        else:
-            out[k] = copy.deepcopy(v)
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else copy.deepcopy(v)
     return out
 
 

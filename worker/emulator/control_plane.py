@@ -36,6 +36,7 @@ from typing import Any
 from aiohttp import web
 
 from comfy_bridge import logs
+from worker.deploy.config import parse_docker_options
 from worker.emulator.local_workers import LocalWorkers
 from worker.emulator.router import RouterEmulator, WorkerView
 
@@ -49,13 +50,6 @@ ENDPOINT_FIELDS = ("min_load", "min_cold_load", "target_util", "cold_mult", "col
                    "endpoint_name", "endpoint_state", "max_queue_time", "target_queue_time", "inactivity_timeout")
 WORKERGROUP_FIELDS = ("template_hash", "template_id", "search_params", "launch_args", "gpu_ram",
                       "endpoint_name", "endpoint_id")
-
-
-def _template_env(options: str | None) -> dict[str, str]:
-    import shlex
-
-    words = shlex.split(options or "")
-    return {v.split("=", 1)[0]: v.split("=", 1)[1] for f, v in zip(words, words[1:]) if f == "-e" and "=" in v}
 
 
 class ControlPlane(RouterEmulator):
@@ -312,8 +306,9 @@ class ControlPlane(RouterEmulator):
         assert self.local is not None
         template = next((t for t in self.templates.values() if t["hash_id"] == group["template_hash"]), {})
         endpoint = self.endpoints.get(group["endpoint_id"], {})
+        _, template_env = parse_docker_options(template.get("env"))
         await self.local.start(next(self._instance_ids), workergroup_id=group["id"],
-                               template_hash=group["template_hash"], template_env=_template_env(template.get("env")),
+                               template_hash=group["template_hash"], template_env=template_env,
                                max_queue_time=endpoint.get("max_queue_time"))
 
     async def _replace_workers(self, gid: int) -> None:
