@@ -216,7 +216,8 @@ def load(path: Path | str, *, env_name: str | None = None, image_tag: str | None
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise DeployConfigError(f"{path}: no such file (give --file, or copy deploy.toml from the repository root)") from None
+        raise DeployConfigError(
+            f"{path}: no such file (give --file, or copy deploy.toml from the repository root)") from None
     except tomllib.TOMLDecodeError as e:
         raise DeployConfigError(f"{path}: not valid TOML: {e}") from None
     overlays = data.pop("env", {}) or {}

@@ -179,9 +179,11 @@ def destroy_plan(desired: Desired, account: Account) -> Plan:
     template, endpoint, group = match(desired, account)
     name = desired.config.deploy.name
     out = []
-    for kind, rname, row in (("workergroup", f"{desired.config.endpoint_name}/workergroup", group),
-                             ("endpoint", desired.config.endpoint_name, endpoint), ("template", name, template)):
-        out.append(ResourceChange(kind=kind, action="noop" if row is None else "delete", name=rname,  # type: ignore[arg-type]
+    rows: list[tuple[Kind, str, dict[str, Any] | None]] = [
+        ("workergroup", f"{desired.config.endpoint_name}/workergroup", group),
+        ("endpoint", desired.config.endpoint_name, endpoint), ("template", name, template)]
+    for kind, rname, row in rows:
+        out.append(ResourceChange(kind=kind, action="noop" if row is None else "delete", name=rname,
                                   id=(row or {}).get("id"), hash_id=(row or {}).get("hash_id")))
     out[0].note = "stops recruiting; its workers stop taking requests and are released"
     out[1].note = "the endpoint's name stops routing: callers get 404"
