@@ -5,8 +5,9 @@
 # Docker (for tests/provision/test_docker_image.py): install Debian's docker.io and
 # debootstrap, start dockerd in the background, and build a local base image from Debian
 # packages once (no registry can be reached from CI). Every step is bounded in time; if
-# Docker cannot start, this says why and carries on: the docker tests then skip with the
-# reason instead of hanging.
+# Docker cannot start, this says why (in $COMFY_WORKER_CI_STATE/docker-unavailable) and
+# carries on: the docker tests then fail with that reason under CI=true (skip on a laptop)
+# instead of hanging.
 set -uo pipefail
 
 BASE_IMAGE=${COMFY_WORKER_BASE_IMAGE:-comfy-worker-base:bookworm}

@@ -67,7 +67,10 @@ class BridgeSettings(BaseSettings):
     spool_budget_bytes: int = Field(default=2 * 1024**3, ge=0)
 
     oom_retries: int = Field(default=1, ge=0)
+    # A running prompt silent this long makes the bridge probe ComfyUI (jobs/watchdog.py);
+    # only this many failed probes in a row make it hung (a slow node is left to its deadline).
     watchdog_silence_s: float = Field(default=120.0, gt=0)
+    watchdog_probes: int = Field(default=3, ge=1)
 
     # ComfyUI as a supervised child, when launched from comfyui_path (RELIABILITY).
     comfyui_log_path: Path | None = None  # default: <comfyui_path>/comfyui.log

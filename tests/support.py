@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import socket
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, NoReturn
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from comfy_bridge import logs
@@ -17,6 +19,20 @@ from comfy_bridge.app import RUNNER_KEY
 from comfy_bridge.settings import BridgeSettings
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def in_ci() -> bool:
+    """CI=true (GitHub Actions and most runners set it): every tier must run there."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def service_missing(reason: str) -> NoReturn:
+    """A service a test needs (SeaweedFS, Docker) is not there: skip on a laptop, but fail
+    under CI, where a skip would let the run pass without testing anything."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: a missing service fails the run instead of skipping it)",
+                    pytrace=False)
+    pytest.skip(reason)
 
 
 def free_port() -> int:
@@ -31,6 +47,15 @@ def save_graph(width: int = 64, height: int = 48, batch: int = 1, color: int = 2
         "1": {"class_type": "EmptyImage", "inputs": {"width": width, "height": height, "batch_size": batch, "color": color}},
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": prefix}},
     }
+
+
+def silent_graph(seconds: float, color: int = 255, prefix: str = "t/slow") -> dict:
+    """save_graph with a node between that works `seconds` without sending any event
+    (the double's DoubleSilentWait: a slow node with no progress bar)."""
+    graph = save_graph(color=color, prefix=prefix)
+    graph["3"] = {"class_type": "DoubleSilentWait", "inputs": {"images": ["1", 0], "seconds": seconds}}
+    graph["2"]["inputs"]["images"] = ["3", 0]
+    return graph
 
 
 @dataclass

@@ -20,6 +20,8 @@ from comfy_bridge.errors import (
 )
 
 OUTPUT_ROOT = "cvw"
+# Extra input given to a save node whose filename_prefix is a link (see prepare()).
+FRESH_INPUT = "cvw_fresh"
 
 # ComfyUI input name -> models/ folder it lists files from.
 MODEL_FOLDERS: dict[str, str] = {
@@ -116,16 +118,25 @@ def _sources(graph: dict[str, dict[str, Any]], node_id: str) -> list[str]:
     return [str(v[0]) for v in inputs.values() if is_link(v) and str(v[0]) in graph]
 
 
-# Input types that are widget values; any other named type is a socket fed by a link.
-_WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "*"}
+# ComfyUI's own data types: values only a node's output carries, never a widget's constant.
+# Any other type (INT, COMBO, and every custom type a pack or a core node declares, such as
+# WebcamCapture's WEBCAM) may take a constant: ComfyUI's own validation decides those.
+SOCKET_TYPES = frozenset({
+    "MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK", "CONTROL_NET",
+    "CLIP_VISION", "CLIP_VISION_OUTPUT", "STYLE_MODEL", "GLIGEN", "UPSCALE_MODEL", "SAMPLER",
+    "SIGMAS", "NOISE", "GUIDER", "AUDIO", "VIDEO", "PHOTOMAKER", "HOOKS", "LATENT_OPERATION",
+    "AUDIO_ENCODER", "AUDIO_ENCODER_OUTPUT", "MODEL_PATCH",
+})
 
 
 def check_socket_inputs(graph: dict[str, dict[str, Any]], node_info: Callable[[str], Any]) -> None:
-    """Raise InvalidWorkflow for a constant given where a node takes another node's output.
+    """Raise InvalidWorkflow for a constant given where a node takes one of ComfyUI's own
+    data types (SOCKET_TYPES), which only another node's output can carry.
 
     ComfyUI's validation lets `"samples": null` into a LATENT input; the node then raises
-    mid-execution (a 500 after the GPU was spent). `node_info(class_type)` is the class's
-    /object_info entry, or None when unknown (then nothing is checked).
+    mid-execution (a 500 after the GPU was spent). Inputs of any other type are left to
+    ComfyUI, which accepts constants for custom widget types. `node_info(class_type)` is the
+    class's /object_info entry, or None when unknown (then nothing is checked).
     """
     for node_id, node in graph.items():
         info = node_info(node["class_type"])
@@ -139,7 +150,7 @@ def check_socket_inputs(graph: dict[str, dict[str, Any]], node_info: Callable[[s
             for name, value in node.get("inputs", {}).items():
                 kind = spec.get(name)
                 kind = kind[0] if isinstance(kind, (list, tuple)) and kind else kind
-                if not isinstance(kind, str) or kind in _WIDGET_TYPES or is_link(value):
+                if not isinstance(kind, str) or kind not in SOCKET_TYPES or is_link(value):
                     continue
                 raise InvalidWorkflow(
                     f"node {node_id!r} ({node['class_type']}): input {name!r} takes a {kind} from "
@@ -185,7 +196,11 @@ def prepare(
     """A copy of `graph` whose outputs land in `output_dir` and whose inputs name staged files.
 
     Every string `filename_prefix` becomes `{output_dir}/{basename of the original}`; every
-    string input equal to a staged image name becomes its staged path.
+    string input equal to a staged image name becomes its staged path. A node whose
+    `filename_prefix` comes from a link (its value is only known inside ComfyUI) gets an
+    extra input FRESH_INPUT = `output_dir` instead: ComfyUI folds every input of a node into
+    its cache key but passes a node only the inputs it declares, so the node runs again and
+    writes fresh files (the cache trap: see this module's docstring).
     """
     out = copy.deepcopy(graph)
     staged = staged or {}
@@ -193,6 +208,8 @@ def prepare(
         inputs = node.get("inputs")
         if not isinstance(inputs, dict):
             continue
+        if is_link(inputs.get("filename_prefix")):
+            inputs[FRESH_INPUT] = output_dir
         for name, value in inputs.items():
             if not isinstance(value, str):
                 continue

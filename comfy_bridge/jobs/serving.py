@@ -36,14 +36,13 @@ from comfy_bridge.errors import (
     UnknownTemplate,
 )
 from comfy_bridge.jobs.protocol import GenerateResponse, JobInput, Timings
+from comfy_bridge.jobs.watchdog import Watchdog
 from comfy_bridge.settings import BridgeSettings
 
 log = logs.get(__name__)
 
 # How long to wait for ComfyUI to confirm an interrupt before answering anyway.
 _ABANDON_WAIT_S = 5.0
-# Longest a watchdog probe (/system_stats, /queue) may take before ComfyUI counts as unresponsive.
-_PROBE_TIMEOUT_S = 10.0
 
 
 class _DeadlinePassed(Exception):
@@ -112,12 +111,12 @@ class JobRunner:
         self.picker = picker or select.pick
         # Raises ComfyUnavailable while a supervisor restarts ComfyUI: 503 at once.
         self.availability = availability
-        # Called with a reason when the watchdog finds ComfyUI hung (a supervisor's restart).
-        self.on_stuck = on_stuck
         self.metrics = metrics or obs.METRICS
-        self.watchdog_trips = 0
         self.active = 0  # requests inside run()
         self._background: set[asyncio.Task[Any]] = set()
+        # on_stuck(reason): the watchdog found ComfyUI not answering (a supervisor's restart).
+        self.watchdog = Watchdog(client, settings.watchdog_silence_s, probes=settings.watchdog_probes,
+                                 on_stuck=on_stuck, spawn=self._spawn)
 
     @property
     def prompts_inflight(self) -> int:
@@ -248,17 +247,18 @@ class JobRunner:
         raise AssertionError("unreachable")
 
     async def _wait(self, prompt_id: str, deadline: float, timeout_s: float) -> PromptResult:
-        """The prompt's result, under the request's deadline and the silence watchdog."""
+        """The prompt's result, under the request's deadline and the silence watchdog
+        (jobs/watchdog.py: a slow silent node runs on; a ComfyUI that stops answering fails it)."""
         waiter = asyncio.ensure_future(self.client.wait(prompt_id))
         try:
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise _DeadlinePassed
-                await asyncio.wait({waiter}, timeout=min(remaining, self._silence_left(prompt_id)))
+                await asyncio.wait({waiter}, timeout=min(remaining, self.watchdog.silence_left(prompt_id)))
                 if waiter.done():
                     return waiter.result()
-                stuck = await self._watchdog(prompt_id)
+                stuck = await self.watchdog.check(prompt_id)
                 if stuck is not None:
                     raise stuck
         except _DeadlinePassed:
@@ -278,65 +278,6 @@ class JobRunner:
                 waiter.cancel()
             elif not waiter.cancelled():
                 waiter.exception()  # retrieved: an outcome we acted on already
-
-    # ---- the execution-silence watchdog ---------------------------------------------------
-
-    def _silence_left(self, prompt_id: str) -> float:
-        """Seconds until the running prompt has been silent for watchdog_silence_s."""
-        limit = self.settings.watchdog_silence_s
-        tracker = self.client.tracker(prompt_id)
-        if tracker is None or tracker.started_at is None or tracker.future.done():
-            return limit  # pending behind other prompts (or finished): waiting is not silence
-        last = max(tracker.last_event_at, tracker.started_at)
-        return max(0.01, last + limit - time.monotonic())
-
-    async def _watchdog(self, prompt_id: str) -> BridgeError | None:
-        """ComfyUI says the prompt runs but has sent no event for watchdog_silence_s: ask it.
-
-        It does not answer /system_stats or /queue: unresponsive. /queue still shows the
-        prompt running: stuck (a hung kernel or node). Neither running nor pending: its end
-        was missed, so reconcile against /history. Either failure is a 503 (retriable: the
-        next worker, or this one restarted, can run it) and restarts a supervised ComfyUI.
-        """
-        tracker = self.client.tracker(prompt_id)
-        if tracker is None or tracker.started_at is None or tracker.future.done():
-            return None
-        limit = self.settings.watchdog_silence_s
-        silent_s = time.monotonic() - max(tracker.last_event_at, tracker.started_at)
-        if silent_s < limit:
-            return None
-        probe_s = min(_PROBE_TIMEOUT_S, max(1.0, limit / 2))
-        try:
-            await asyncio.wait_for(self.client.system_stats(), probe_s)
-            position = await asyncio.wait_for(self.client.queue_position(prompt_id), probe_s)
-        except (BridgeError, asyncio.TimeoutError):
-            position = "unresponsive"
-        if position in (None, "pending"):
-            if position is None:
-                await self.client.reconcile(prompt_id)
-            tracker.last_event_at = time.monotonic()
-            return None
-        self.watchdog_trips += 1
-        if position == "unresponsive":
-            self.client.forget(prompt_id)
-            reason = (f"ComfyUI stopped answering while prompt {prompt_id} was silent for "
-                      f"{silent_s:.0f}s (watchdog_silence_s={limit:g})")
-            stopped = False
-        else:
-            reason = (f"ComfyUI reports prompt {prompt_id} running but sent no event for "
-                      f"{silent_s:.0f}s (watchdog_silence_s={limit:g})")
-            how = await asyncio.shield(self._abandon(prompt_id))
-            stopped = how == "interrupted" and tracker.future.done() and not tracker.future.cancelled()
-        log.error("watchdog: %s", reason, extra={"fields": {"prompt_id": prompt_id, "silent_s": round(silent_s, 3)}})
-        restarting = not stopped and self.on_stuck is not None
-        if restarting:
-            assert self.on_stuck is not None
-            self._spawn(_maybe_await(self.on_stuck(f"watchdog: {reason}")))
-        what = ("ComfyUI is being restarted" if restarting
-                else "the prompt was interrupted" if stopped else "ComfyUI may be hung")
-        return ComfyUnavailable(
-            f"{reason}; {what}. Retry the request.", prompt_id=prompt_id, watchdog=True,
-        )
 
     async def _abandon(self, prompt_id: str) -> str:
         """Dequeue or interrupt a prompt nobody will wait for; say which."""

@@ -284,6 +284,18 @@ def _passthrough(tag: str) -> RunFn:
     return run
 
 
+async def _silent_wait(rt: NodeRuntime, a: dict) -> NodeResult:
+    """A slow node with no progress bar (a video VAE decode, an upscaler, a model loading
+    from a network volume): it sends no event while it works, and an interrupt is seen
+    only once it returns, like a long CUDA call."""
+    await asyncio.sleep(float(a.get("seconds", 1.0)))
+    return NodeResult((a["images"],))
+
+
+async def _primitive(rt: NodeRuntime, a: dict) -> NodeResult:
+    return NodeResult((a["value"],))
+
+
 def _load_image_sync(path: Path) -> tuple[im.ImageBatch, str]:
     img = Image.open(path)
     frames = []
@@ -643,6 +655,22 @@ def build_library() -> dict[str, NodeDef]:
         NodeDef("LoadImage", lambda f: {"required": {"image": (f.input_images(), {"image_upload": True})}},
                 ("IMAGE", "MASK"), _load_image, "image", display_name="Load Image",
                 validate=_validate_load_image, validate_inputs=("image",), is_changed=_file_hash),
+        NodeDef("WebcamCapture", lambda f: {"required": {
+            "image": ("WEBCAM", {}),
+            "width": ("INT", {"default": 0, "min": 0, "max": MAX_RESOLUTION, "step": 1}),
+            "height": ("INT", {"default": 0, "min": 0, "max": MAX_RESOLUTION, "step": 1}),
+            "capture_on_queue": ("BOOLEAN", {"default": True}),
+        }}, ("IMAGE",), _load_image, "image", display_name="Webcam Capture",
+            python_module="comfy_extras.nodes_webcam",
+            validate=_validate_load_image, validate_inputs=("image",), is_changed=_file_hash),
+        NodeDef("PrimitiveString", lambda f: {"required": {"value": ("STRING", {})}}, ("STRING",), _primitive,
+                "utils/primitive", display_name="String", python_module="comfy_extras.nodes_primitive"),
+        NodeDef("DoubleSilentWait", lambda f: {"required": {
+            "images": ("IMAGE",),
+            "seconds": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3600.0, "step": 0.01}),
+        }}, ("IMAGE",), _silent_wait, "image", display_name="Silent Wait (double)",
+            description="Test-double node: works `seconds` without sending any event, then passes its images on.",
+            python_module="custom_nodes.comfy_double"),
         NodeDef("SaveImageWebsocket", lambda f: {"required": {"images": ("IMAGE",)}}, (), _save_ws, "api/image",
                 output_node=True, python_module="custom_nodes.websocket_image_save",
                 is_changed=lambda f, a: time.time()),

@@ -15,22 +15,15 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from comfy_bridge.settings import BridgeSettings, S3Settings
-from tests.io.seaweed import REGION, Seaweed, WeedUnavailable, free_port, start_seaweed
+from tests.io.seaweed import REGION, Seaweed, free_port, seaweed_or_skip
 from tests.support import serve_app
 
 __all__ = ["REGION", "Seaweed", "free_port", "s3_env"]
 
 
-def _start(workdir: Path) -> Seaweed:
-    try:
-        return start_seaweed(workdir)
-    except WeedUnavailable as exc:
-        pytest.skip(str(exc))
-
-
 @pytest.fixture(scope="session")
 def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
-    weed = _start(tmp_path_factory.mktemp("seaweed"))
+    weed = seaweed_or_skip(tmp_path_factory.mktemp("seaweed"))
     yield weed
     weed.stop()
 
@@ -38,7 +31,7 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
 @pytest.fixture
 def own_seaweed(tmp_path: Path) -> Iterator[Seaweed]:
     """A SeaweedFS of this test's own, to kill."""
-    weed = _start(tmp_path / "seaweed")
+    weed = seaweed_or_skip(tmp_path / "seaweed")
     yield weed
     weed.stop()
 

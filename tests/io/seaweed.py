@@ -21,7 +21,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from tests.support import free_port  # noqa: F401 - re-exported for tests.io
+from tests.support import free_port, service_missing  # noqa: F401 - free_port re-exported for tests.io
 
 
 class WeedUnavailable(RuntimeError):
@@ -93,6 +93,14 @@ class Seaweed:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait(10)
+
+
+def seaweed_or_skip(workdir: Path) -> Seaweed:
+    """start_seaweed for a fixture: skipped without `weed` on a laptop, failed under CI=true."""
+    try:
+        return start_seaweed(workdir)
+    except WeedUnavailable as exc:
+        service_missing(str(exc))
 
 
 def start_seaweed(workdir: Path) -> Seaweed:

@@ -5,7 +5,8 @@ reached here) with SKIP_EXTERNAL=1 (no GitHub clone, no CUDA wheels), so the con
 has no ComfyUI of its own: it is pointed at the ComfyUI double running on the host
 (host networking). A signed request goes from outside the container, through a router
 (the emulator: inside the container in local mode, on the host in Vast mode), to the
-worker, and back with an image. Skipped, with the reason, when no Docker engine answers.
+worker, and back with an image. When no Docker engine answers: skipped with the reason on
+a laptop, failed with it under CI=true (tests/support.py service_missing).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import aiohttp
 import pytest
 
 from tests.provision.conftest import REPO_ROOT
+from tests.support import service_missing
 
 BASE_IMAGE = os.environ.get("COMFY_WORKER_BASE_IMAGE", "comfy-worker-base:bookworm")
 IMAGE = os.environ.get("COMFY_WORKER_TEST_IMAGE", "comfy-worker:test")
@@ -59,11 +61,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def image() -> Iterator[str]:
+def require_docker() -> None:
+    """Skip (laptop) or fail (CI=true) with the reason when the image cannot be built here."""
     reason = _unavailable()
     if reason:
-        pytest.skip(reason)
+        service_missing(reason)
+
+
+@pytest.fixture(scope="module")
+def image() -> Iterator[str]:
+    require_docker()
     args = ["docker", "build", "--network", "host", "-t", IMAGE, "--build-arg", f"BASE_IMAGE={BASE_IMAGE}",
             "--build-arg", "SKIP_EXTERNAL=1"]
     # pip inside the build reaches the index the way this machine does (a TLS proxy

@@ -25,7 +25,7 @@ from pydantic import SecretStr
 from comfy_bridge.observability import Metrics
 from comfy_bridge.settings import S3Settings
 from tests.comfy_double import ComfyDouble
-from tests.io.seaweed import REGION, Seaweed, WeedUnavailable, start_seaweed
+from tests.io.seaweed import REGION, Seaweed, seaweed_or_skip
 from tests.reliability.faults.stack import Stack, free_port, start_stack
 from tests.support import json_logs, save_graph
 
@@ -57,10 +57,7 @@ def _around(text: str, secret: str) -> str:
 
 @pytest.fixture(scope="module")
 def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
-    try:
-        w = start_seaweed(tmp_path_factory.mktemp("seaweed"))
-    except WeedUnavailable as exc:
-        pytest.skip(str(exc))
+    w = seaweed_or_skip(tmp_path_factory.mktemp("seaweed"))
     yield w
     w.stop()
 

@@ -21,7 +21,7 @@ import pytest
 from comfy_bridge.errors import ComfyUnavailable
 from comfy_bridge.observability import Metrics
 from tests.comfy_double import ComfyDouble
-from tests.support import free_port, json_logs, save_graph
+from tests.support import free_port, json_logs, save_graph, silent_graph
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -134,17 +134,47 @@ async def test_completion_log_line(make_bridge, comfy_double: ComfyDouble, captu
     assert bad["status"] == 500 and bad["timings"]["total_ms"] > 0 and bad["level"] == "warning"
 
 
-async def test_watchdog_interrupts_a_silent_prompt(make_bridge, comfy_double: ComfyDouble):
+async def test_slow_silent_node_is_left_to_finish(make_bridge, comfy_double: ComfyDouble):
+    # A node silent for 5x the watchdog limit, in a ComfyUI that answers: slow, not hung.
+    sup = Supervisor()
+    bridge = await make_bridge(comfy_double.url, comfy_double.root, watchdog_silence_s=0.3,
+                               supervisor=sup, metrics=Metrics())
+    status, body = await bridge.generate(silent_graph(1.5))
+    assert status == 200, body
+    assert len(body["output"]) == 1
+    assert not comfy_double.requests_to("/interrupt", "POST")
+    assert comfy_double.requests_to("/system_stats")  # it was probed, and answered
+    await bridge.runner.drain()
+    assert sup.restarts == [] and bridge.runner.watchdog.trips == 0
+    assert bridge.runner.watchdog.slow >= 1
+
+
+async def test_one_failed_probe_is_not_a_hang(make_bridge, comfy_double: ComfyDouble):
+    sup = Supervisor()
+    bridge = await make_bridge(comfy_double.url, comfy_double.root, watchdog_silence_s=0.3,
+                               supervisor=sup, metrics=Metrics())
+    probed = len(comfy_double.requests_to("/system_stats"))
+    comfy_double.fail_http("/system_stats", 500)
+    call = asyncio.ensure_future(bridge.generate(silent_graph(2.0, color=3)))
+    await _until(lambda: len(comfy_double.requests_to("/system_stats")) > probed)
+    comfy_double.fail_http("/system_stats", None)  # answers again by the next probe
+    status, body = await call
+    assert status == 200, body
+    await bridge.runner.drain()
+    assert sup.restarts == [] and bridge.runner.watchdog.trips == 0
+
+
+async def test_silent_hung_prompt_is_left_to_its_deadline(make_bridge, comfy_double: ComfyDouble):
     sup = Supervisor()
     bridge = await make_bridge(comfy_double.url, comfy_double.root, watchdog_silence_s=0.3,
                                supervisor=sup, metrics=Metrics())
     comfy_double.hang_next_prompt()
-    status, body = await bridge.generate(save_graph())
-    assert status == 503, body
-    err = body["error"]
-    assert err["retriable"] is True and err["watchdog"] is True and "interrupted" in err["message"]
+    status, body = await bridge.generate(save_graph(), timeout_s=1.5)
+    assert status == 504, body
+    assert body["error"]["retriable"] is True and "interrupted" in body["error"]["message"]
     assert comfy_double.requests_to("/interrupt", "POST")
-    assert sup.restarts == []  # ComfyUI honoured the interrupt: nothing to restart
+    await bridge.runner.drain()
+    assert sup.restarts == []  # ComfyUI answered all along: nothing to restart
     assert bridge.runner.prompts_inflight == 0
     assert (await bridge.generate(save_graph(color=2)))[0] == 200
 
@@ -181,11 +211,11 @@ async def test_watchdog_settles_a_prompt_whose_end_was_missed(make_bridge, comfy
 async def test_waiting_behind_others_is_not_silence(make_bridge, comfy_double: ComfyDouble):
     bridge = await make_bridge(comfy_double.url, comfy_double.root, watchdog_silence_s=0.3, metrics=Metrics())
     comfy_double.hang_next_prompt()
-    first = asyncio.ensure_future(bridge.generate(save_graph(color=1), timeout_s=30))
+    first = asyncio.ensure_future(bridge.generate(save_graph(color=1), timeout_s=1.5))
     await _until(lambda: comfy_double.queue.running)
     second = asyncio.ensure_future(bridge.generate(save_graph(color=2)))
-    status, body = await first  # the running one is stuck: interrupted by the watchdog
-    assert status == 503 and body["error"]["watchdog"] is True
+    status, body = await first  # the running one is stuck: interrupted at its deadline
+    assert status == 504, body
     status, body = await second  # the pending one was never silent: it ran
     assert status == 200, body
 
