@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from comfy_bridge.app import build_app
+    from comfy_bridge.app import RUNNER_KEY, build_app
     from comfy_bridge.settings import BridgeSettings
     from comfy_bridge.shutdown import GracefulShutdown, serve
 
@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         # to finish, then the app's cleanup closes the ComfyUI client; exit 0.
         shutdown = GracefulShutdown(grace_s=settings.shutdown_grace_s)
         app = build_app(settings)
+        shutdown.add_drain(app[RUNNER_KEY].drain, "bridge background work")  # callers who left, webhooks
         return await serve(
             app, shutdown, host=settings.host, port=settings.port,
             handler_cancellation=True,  # a caller that leaves frees its prompt (see api_router)

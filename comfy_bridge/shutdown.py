@@ -4,11 +4,15 @@ Why: Vast stops a worker with SIGTERM when it scales down or replaces it. A work
 dies on the spot loses the images being made; one that keeps accepting makes callers
 wait for nothing. So on the first signal new requests get 503 `shutting_down`
 (retriable: the autoscaler routes the retry to another worker), requests already
-running get `grace_s` to finish, then the registered cleanups run (stop ComfyUI, close
-sessions) and the process exits 0. A second signal skips what is left of the grace.
+running get `grace_s` to finish, then the registered drains get what is left of it
+(work no handler waits for: requests whose caller left but whose S3 upload or webhook is
+still wanted, webhooks of answered requests), then the registered cleanups run (stop
+ComfyUI, close sessions) and the process exits 0. A second signal skips what is left of
+the grace.
 
     shutdown = GracefulShutdown(grace_s=settings.shutdown_grace_s)
     app = web.Application(middlewares=[shutdown.middleware()])
+    shutdown.add_drain(app[RUNNER_KEY].drain)   # comfy_bridge/app.py
     shutdown.add_cleanup(supervisor.stop)
     sys.exit(asyncio.run(serve(app, shutdown, host=..., port=...)))
 
@@ -62,6 +66,7 @@ class GracefulShutdown:
         self._force = asyncio.Event()
         self._done = asyncio.Event()
         self._cleanups: list[tuple[str, Cleanup]] = []
+        self._drains: list[tuple[str, Cleanup]] = []
         self._task: asyncio.Task[None] | None = None
         self._installed: list[signal.Signals] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -128,6 +133,11 @@ class GracefulShutdown:
         return graceful_shutdown
 
     # ---- cleanup and signals --------------------------------------------------------
+
+    def add_drain(self, cb: Cleanup, name: str | None = None) -> None:
+        """Await `cb()` once in-flight requests are done, before any cleanup, within what
+        is left of the grace: background work that still needs ComfyUI or the network."""
+        self._drains.append((name or getattr(cb, "__qualname__", repr(cb)), cb))
 
     def add_cleanup(self, cb: Cleanup, name: str | None = None) -> None:
         """Run `await cb()` after draining; cleanups run last-added first, like a stack."""
@@ -196,6 +206,7 @@ class GracefulShutdown:
                 )
             else:
                 log.info("drained in %.2fs", time.monotonic() - started)
+            await self._run_drains(started)
             for name, cb in reversed(self._cleanups):
                 try:
                     await asyncio.wait_for(cb(), self.cleanup_timeout_s)
@@ -206,6 +217,24 @@ class GracefulShutdown:
             log.info("shutdown complete in %.2fs", time.monotonic() - started)
         finally:
             self._done.set()
+
+
+    async def _run_drains(self, started: float) -> None:
+        """Each drain, in the order added, until the grace runs out or force()."""
+        for name, cb in self._drains:
+            remaining = max(0.0, self.grace_s - (time.monotonic() - started))
+            work = asyncio.ensure_future(cb())
+            force = asyncio.ensure_future(self._force.wait())
+            try:
+                await asyncio.wait({work, force}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                force.cancel()
+            if not work.done():
+                work.cancel()
+                log.warning("shutdown grace expired while draining %s; the rest is cut off", name)
+                self.left_unfinished += 1
+            elif not work.cancelled() and work.exception() is not None:
+                log.error("drain %s failed: %r", name, work.exception())
 
 
 async def serve(

@@ -21,6 +21,10 @@ broke, or the deadline passed while it ran), it is not sent again, unless the ca
 `request_id`, which makes the request idempotent (outputs and webhooks are keyed by it):
 ResultUnknown says so instead.
 
+Each call to a worker carries the time left as the request's `timeout_s` (less a margin
+for the answer's way back; never more than a `timeout_s` the caller set), so a worker
+stops the prompt and answers 504 instead of running on for a client that gave up.
+
 Results are typed: GenerateResponse on success; a failure from the worker raises the
 comfy_bridge error its FailureResponse names (MissingModels, ExecutionFailed...), with
 `.response` (the FailureResponse) and `.http_status`.
@@ -109,6 +113,16 @@ def failure_error(status: int, failure: FailureResponse) -> errors.BridgeError:
     err.http_status = status  # type: ignore[attr-defined]
     err.retriable_here = body.retriable  # type: ignore[attr-defined]
     return err
+
+
+def worker_timeout_s(requested: Any, remaining_s: float) -> float:
+    """The `timeout_s` a worker gets: the deadline's time left, less a margin (a tenth,
+    at most 2 s) so its 504 arrives before the client stops listening; never more than
+    the caller's own `timeout_s`."""
+    budget = remaining_s - min(2.0, remaining_s / 10)
+    if isinstance(requested, (int, float)) and not isinstance(requested, bool) and requested > 0:
+        budget = min(budget, float(requested))
+    return round(max(budget, 0.001), 3)
 
 
 def _plain(value: Any) -> Any:
@@ -279,10 +293,11 @@ class WorkerClient:
         if remaining <= 0:
             raise CallTimeout("deadline passed before calling a worker", "routing")
         ssl = await self._ssl_for(url)
+        job = {**payload_input, "timeout_s": worker_timeout_s(payload_input.get("timeout_s"), remaining)}
         try:
             async with self._http().post(
                 f"{url}{self.route}",
-                json={"auth_data": ticket, "payload": {"input": payload_input}},
+                json={"auth_data": ticket, "payload": {"input": job}},
                 timeout=aiohttp.ClientTimeout(total=remaining, sock_connect=min(remaining, self.connect_timeout_s)),
                 ssl=ssl,
             ) as r:

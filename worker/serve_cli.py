@@ -95,7 +95,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
     """Run until `stop` is set (or SIGINT/SIGTERM); the exit code."""
     from aiohttp import web
 
-    from comfy_bridge.app import build_app
+    from comfy_bridge.app import RUNNER_KEY, build_app
     from comfy_bridge.errors import BadRequest
     from comfy_bridge.settings import BridgeSettings
     from worker import benchmark
@@ -231,6 +231,9 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
         bridge_port = int(sock.getsockname()[1])
         bridge_app = build_app(bridge_settings, workload_fn=workload.graph_units, supervisor=supervisor)
         bridge_app.middlewares.append(shutdown.middleware())  # 503 shutting_down, in-flight count
+        # Requests kept for callers who left (S3, webhook) and webhooks still running finish
+        # before the drain ends, so before the lifecycle stops ComfyUI.
+        shutdown.add_drain(bridge_app[RUNNER_KEY].drain, "bridge background work")
         bridge_runner = web.AppRunner(bridge_app, access_log=None, handler_cancellation=True)
         await bridge_runner.setup()
         await web.SockSite(bridge_runner, sock).start()

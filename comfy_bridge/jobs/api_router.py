@@ -8,6 +8,7 @@ the status alone. Tracebacks and secrets never leave the process: they go to the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -20,7 +21,7 @@ from pydantic_core import to_json
 from comfy_bridge import logs
 from comfy_bridge import observability as obs
 from comfy_bridge.comfyui.client import ComfyClient
-from comfy_bridge.delivery import inline
+from comfy_bridge.delivery import inline, select
 from comfy_bridge.errors import BadRequest, BridgeError, ComfyUnavailable, PayloadTooLarge
 from comfy_bridge.jobs.protocol import REQUEST_ID_PATTERN, GenerateRequest, GenerateResponse, JobInput
 from comfy_bridge.jobs.serving import JobRunner, failure_body
@@ -40,7 +41,7 @@ def error_response(err: BridgeError, request_id: str | None = None, prompt_id: s
 
 
 class BridgeRoutes:
-    """The handlers, holding the runner and the jobs left running after their caller left."""
+    """The handlers, holding the runner (which keeps the jobs left running after their caller left)."""
 
     def __init__(
         self, runner: JobRunner, client: ComfyClient, max_body_bytes: int, metrics: obs.Metrics | None = None
@@ -49,7 +50,6 @@ class BridgeRoutes:
         self.client = client
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics or obs.METRICS
-        self.detached: set[asyncio.Task[Any]] = set()
 
     def register(self, app: web.Application) -> None:
         app.router.add_post("/generate/sync", self.generate)
@@ -132,8 +132,8 @@ class BridgeRoutes:
             self._finished(job.request_id, started, exc)
             # The caller went away. Outputs bound for S3 or a webhook are still wanted;
             # otherwise stop the prompt so it frees the GPU for someone who is waiting.
-            if job.s3 is not None or job.webhook is not None or self.runner.settings.s3.bucket_name:
-                self.detached.add(task)
+            if select.result_wanted_without_caller(job, self.runner.settings):
+                self.runner.keep(task)  # drained before ComfyUI stops (comfy_bridge/shutdown.py)
                 task.add_done_callback(self._detached_done)
                 log.info("caller left; finishing the request for its s3/webhook destination",
                          extra={"fields": {"request_id": job.request_id}})
@@ -154,14 +154,13 @@ class BridgeRoutes:
         return await _write_parts(request, inline.render_parts(response))
 
     def _detached_done(self, task: asyncio.Task[Any]) -> None:
-        self.detached.discard(task)
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
             log.warning("detached request failed: %s", getattr(exc, "message", repr(exc)))
 
     async def _drain(self, app: web.Application) -> None:
-        if self.detached:
-            await asyncio.wait(self.detached, timeout=30)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.runner.drain(), 30)
 
     async def health(self, request: web.Request) -> web.Response:
         """The process is alive (always 200); says whether ComfyUI's websocket is up."""

@@ -391,9 +391,17 @@ class JobRunner:
             self._spawn(asyncio.to_thread(_remove, targets, inputs))
 
     async def drain(self) -> None:
-        """Wait for background work (cleanups, webhook scheduling) to finish."""
+        """Wait for background work (kept requests, their S3 uploads and webhooks, cleanups).
+
+        Cancelling this wait (a shutdown's grace running out) leaves that work running."""
         while self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+            await asyncio.wait(set(self._background))
+
+    def keep(self, task: asyncio.Task[Any]) -> None:
+        """Track a request whose caller left but whose result is still wanted, so drain()
+        (and a SIGTERM's drain, comfy_bridge/shutdown.py) waits for it."""
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def aclose(self) -> None:
         """Finish background work and close the collaborators that hold sessions."""
@@ -421,7 +429,12 @@ class JobRunner:
     def _spawn(self, aw: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(aw)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._spawned_done)
+
+    def _spawned_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background work failed: %r", task.exception())
 
 
 def _write_failed(exc: OSError, artifacts: list[Artifact]) -> DeliveryFailed:

@@ -108,6 +108,23 @@ async def test_caller_leaving_interrupts_prompt(bridge, double):
     await _until(lambda: bridge.runner.prompts_inflight == 0)
 
 
+async def test_inline_caller_leaving_frees_the_gpu_despite_a_default_bucket(make_bridge, double):
+    # S3_BUCKET_NAME is set, but this request asked for base64: nobody is left to get them.
+    bridge = await make_bridge(double.url, double.root, s3={"bucket_name": "default-outputs"})
+    double.hang_next_prompt()
+    async with aiohttp.ClientSession() as session:
+        request = asyncio.ensure_future(session.post(bridge.url + "/generate/sync", json={
+            "input": {"workflow_json": save_graph(), "return_outputs_as_base64": True}}))
+        await _until(lambda: double.queue.running)
+        request.cancel()
+        await asyncio.gather(request, return_exceptions=True)
+    try:
+        await _until(lambda: bool(double.requests_to("/interrupt", "POST")))
+    finally:
+        double.release()
+    await _until(lambda: bridge.runner.prompts_inflight == 0)
+
+
 async def test_health_and_ready(bridge, double):
     async with bridge.session.get(bridge.url + "/health") as r:
         assert r.status == 200 and (await r.json())["status"] == "ok"

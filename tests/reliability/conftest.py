@@ -1,12 +1,15 @@
-"""Fixtures of the reliability tests: a supervisor factory around the fake ComfyUI script."""
+"""Fixtures of the reliability tests: a supervisor factory around the fake ComfyUI script,
+and a webhook receiver on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable
 
 import pytest
+from aiohttp import web
 
 from comfy_bridge.comfyui.supervisor import ComfySupervisor
 from tests.support import free_port
@@ -54,3 +57,25 @@ async def make_supervisor(tmp_path: Path) -> AsyncIterator[Callable[..., ComfySu
     yield make
     for sup in made:
         await sup.stop(grace_s=2)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[str, list[dict[str, Any]], asyncio.Event]]:
+    """A webhook receiver on loopback: (url, bodies received, event set on each)."""
+    got: list[dict[str, Any]] = []
+    arrived = asyncio.Event()
+
+    async def hook(request: web.Request) -> web.Response:
+        got.append(await request.json())
+        arrived.set()
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}/hook", got, arrived
+    await runner.cleanup()

@@ -189,3 +189,43 @@ async def test_cleanups_run_last_first_and_survive_failures() -> None:
     shutdown.begin()
     assert await shutdown.wait() == 0
     assert ran == ["stuck", "broken", "first"]
+
+
+async def test_drains_run_after_inflight_and_before_cleanups() -> None:
+    shutdown = GracefulShutdown(grace_s=5)
+    ran: list[str] = []
+    release = asyncio.Event()
+
+    async def background() -> None:  # e.g. an S3 upload for a caller who left
+        await release.wait()
+        ran.append("drained")
+
+    async def stop_comfyui() -> None:
+        ran.append("cleanup")
+
+    shutdown.add_drain(background)
+    shutdown.add_cleanup(stop_comfyui)
+    with shutdown.track():
+        shutdown.begin()
+        await asyncio.sleep(0)
+        ran.append("request done")
+    asyncio.get_running_loop().call_later(0.05, release.set)
+    assert await shutdown.wait() == 0
+    assert ran == ["request done", "drained", "cleanup"]
+
+
+async def test_a_drain_past_the_grace_is_cut_off_and_cleanups_still_run() -> None:
+    shutdown = GracefulShutdown(grace_s=0.1)
+    ran: list[str] = []
+
+    async def forever() -> None:
+        await asyncio.Event().wait()
+
+    async def stop_comfyui() -> None:
+        ran.append("cleanup")
+
+    shutdown.add_drain(forever, "uploads")
+    shutdown.add_cleanup(stop_comfyui)
+    shutdown.begin()
+    assert await shutdown.wait() == 0
+    assert ran == ["cleanup"] and shutdown.left_unfinished == 1

@@ -201,3 +201,19 @@ async def test_sync_wrapper(fakes):
         endpoint="ep", api_key="key", router_url=fakes.router_url, deadline_s=20,
     )
     assert result.id == "s-1"
+
+
+async def test_worker_gets_the_time_left_as_timeout_s(fakes):
+    fakes.worker_script = [503, 200]
+    async with client(fakes) as c:
+        await c.generate({"workflow_json": GRAPH}, deadline_s=20)
+    first, second = (call["payload"]["input"]["timeout_s"] for call in fakes.calls)
+    assert 17.0 <= second <= first <= 18.0  # 20 s less a 2 s margin, shrinking with each try
+
+
+async def test_worker_timeout_never_exceeds_the_callers_own(fakes):
+    async with client(fakes) as c:
+        await c.generate({"workflow_json": GRAPH, "timeout_s": 5}, deadline_s=60)
+        await c.generate({"workflow_json": GRAPH, "timeout_s": 500}, deadline_s=3)
+    assert fakes.calls[0]["payload"]["input"]["timeout_s"] == 5
+    assert 2.6 <= fakes.calls[1]["payload"]["input"]["timeout_s"] <= 2.7  # 3 s less a tenth

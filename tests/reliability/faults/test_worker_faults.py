@@ -15,7 +15,6 @@ from typing import Any, AsyncIterator
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from tests.io.seaweed import REGION, Seaweed, WeedUnavailable, start_seaweed
 from tests.reliability.faults.helpers import describe, eventually
@@ -200,28 +199,6 @@ async def test_s3_down(stack: Stack, session, record_fault, tmp_path: Path):
         back.stop()
     record_fault("s3_down", level="worker", status=str(status), body=describe(status, body)[1],
                  autoscaler=told, next_ok=ok, note="outputs returned inline and kept on the spool")
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[tuple[str, list[dict[str, Any]], asyncio.Event]]:
-    """A webhook receiver on loopback: (url, bodies received, event set on each)."""
-    got: list[dict[str, Any]] = []
-    arrived = asyncio.Event()
-
-    async def hook(request: web.Request) -> web.Response:
-        got.append(await request.json())
-        arrived.set()
-        return web.json_response({"ok": True})
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}/hook", got, arrived
-    await runner.cleanup()
 
 
 async def test_webhook_down(stack: Stack, session, record_fault):
