@@ -378,8 +378,9 @@ class ComfySupervisor:
         self._set_state("failed", reason)
 
     async def restart(self, reason: str) -> None:
-        """Kill a ComfyUI that is alive but useless (a watchdog saw it go silent); it is
-        restarted like after a crash and counts towards the crash limit."""
+        """Kill a ComfyUI that is alive but frozen (comfy_bridge/jobs/watchdog.py saw it fail
+        probe after probe, never merely slow); it is restarted like after a crash and, being
+        a freeze, counts towards the crash limit."""
         if self._state != "ready" or self._transport is None:
             return
         log.warning("restarting ComfyUI: %s", reason)

@@ -28,7 +28,6 @@ from comfy_bridge.delivery import select
 from comfy_bridge.delivery.base import Artifact, Destination, guess_mimetype
 from comfy_bridge.errors import (
     BridgeError,
-    ComfyUnavailable,
     DeadlineExceeded,
     DeliveryFailed,
     ExecutionFailed,

@@ -57,7 +57,7 @@ class Watchdog:
         self.on_stuck = on_stuck
         self._spawn: Callable[[Awaitable[Any]], Any] = spawn or asyncio.ensure_future
         self.trips = 0  # prompts failed because ComfyUI stopped answering
-        self.slow = 0  # silent prompts left running because ComfyUI answered
+        self.slow = 0  # times a silent prompt was left running because ComfyUI answered
 
     def silence_left(self, prompt_id: str) -> float:
         """Seconds until the running prompt has been silent for `silence_s`."""

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from comfy_bridge.comfyui.supervisor import ComfySupervisor
-from tests.support import free_port
+from tests.support import free_port, serve_app
 
 HERE = Path(__file__).resolve().parent
 FAKE_COMFY = HERE / "fake_comfy.py"
@@ -72,10 +72,7 @@ async def receiver() -> AsyncIterator[tuple[str, list[dict[str, Any]], asyncio.E
 
     app = web.Application()
     app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runners: list[web.AppRunner] = []
+    port = await serve_app(app, runners)
     yield f"http://127.0.0.1:{port}/hook", got, arrived
-    await runner.cleanup()
+    await runners[0].cleanup()
