@@ -1,12 +1,16 @@
-"""bench/provision.py: download throughput with N connections vs one, and a no-op provision.
+"""bench/provision.py: our downloader beside aria2c and huggingface_hub, and a no-op provision.
 
     python bench/provision.py [--size-mib 32] [--rate-mib-s 4] [--connections 8] [--runs 3]
 
 1. A local model host (tests/provision/model_server.py, its own process) limits each
    connection to --rate-mib-s, as Hugging Face's and Civitai's CDNs do per stream. The
-   same file is downloaded with one connection and with --connections, each into a fresh
-   folder; the figure is the ratio of throughputs.
-2. A machine that already matches its manifest (a ComfyUI checkout, a custom node pack,
+   same file is downloaded, each time into a fresh folder, by our downloader with one
+   connection and with --connections, by `aria2c -x N` (Debian's aria2, when installed) and
+   by huggingface_hub's hf_hub_download (when installed; plain HTTP, see
+   bench/download_tools.py); median time and throughput of --runs runs each.
+2. Safety, on a host that redirects to another host name: whether each tool sends the token
+   to the redirect target, and what a sha256 mismatch leaves at the final name.
+3. A machine that already matches its manifest (a ComfyUI checkout, a custom node pack,
    a model of --size-mib, all verified) is provisioned again with `comfy-worker provision`
    (a new process, as start_server.sh runs it): the time a restarted worker pays.
    Target: under 2 s.
@@ -27,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from comfy_bridge.provision.downloader import DownloadOptions, ensure_models  # noqa: E402
+import download_tools  # noqa: E402  (bench/download_tools.py)
 from comfy_bridge.provision.manifest import ModelFile  # noqa: E402
 from tests.provision.conftest import make_comfy_repo, make_pack_repo, stub_python  # noqa: E402
 
@@ -38,15 +42,6 @@ def start_host(size_mib: float, rate_mib_s: float) -> tuple[subprocess.Popen, st
     assert proc.stdout is not None
     url, sha, size = proc.stdout.readline().split()
     return proc, url, sha, int(size)
-
-
-async def download_once(model: ModelFile, connections: int) -> float:
-    with tempfile.TemporaryDirectory() as tmp:
-        opts = DownloadOptions(connections=connections, parallel_files=1, min_chunk_bytes=1 << 20, bar=False,
-                               progress_interval_s=3600)
-        began = time.perf_counter()
-        await ensure_models([model], Path(tmp), opts)
-        return time.perf_counter() - began
 
 
 def noop_provision(root: Path, url: str, sha: str, size: int, runs: int) -> list[float]:
@@ -101,13 +96,18 @@ async def main() -> None:
     host, url, sha, size = start_host(args.size_mib, args.rate_mib_s)
     try:
         model = ModelFile(url=url, dest="checkpoints/model.safetensors", sha256=sha, size=size)
-        one = await download_once(model, 1)
-        many = await download_once(model, args.connections)
         mib = size / (1 << 20)
-        print(f"download of {mib:.0f} MiB, host limited to {args.rate_mib_s} MiB/s per connection:")
-        print(f"  1 connection:  {one:6.2f} s  {mib / one:6.1f} MiB/s")
-        print(f"  {args.connections} connections: {many:6.2f} s  {mib / many:6.1f} MiB/s")
-        print(f"  ratio: {one / many:.1f}x")
+        limit = f"host limited to {args.rate_mib_s} MiB/s per connection" if args.rate_mib_s else "host unthrottled"
+        print(f"download of {mib:.0f} MiB, {limit}, "
+              f"median of {args.runs} runs:")
+        for label, run, n in download_tools.tools(args.connections):
+            took = statistics.median([await download_tools.timed(run, model, n) for _ in range(args.runs)])
+            print(f"  {label:32s} {took:6.2f} s  {mib / took:6.1f} MiB/s")
+        if not download_tools.hub_available():
+            print("  huggingface_hub: not installed (pip install huggingface_hub into .venv to compare it)")
+        print("safety (token to the host a redirect names; sha256 mismatch):")
+        for label, token, mismatch in await download_tools.safety(args.connections):
+            print(f"  {label:32s} token to redirect target: {token}; wrong sha256: {mismatch}")
 
         with tempfile.TemporaryDirectory() as tmp:
             times = noop_provision(Path(tmp), url, sha, size, args.runs)

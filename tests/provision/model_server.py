@@ -2,7 +2,9 @@
 
 Stands in for Hugging Face / Civitai in tests and in bench/provision.py. Each request is
 recorded (range asked, bytes sent, whether it carried a token, which host name it was
-addressed to) so tests assert behaviour, not timing. `hold_until(pred)` parks body
+addressed to) so tests assert behaviour, not timing. Files are also served under a Hugging
+Face-shaped path (`/{owner}/{repo}/resolve/{revision}/{name}`, whose HEAD answers the
+headers `huggingface_hub` reads), so bench/provision.py can compare its downloader too. `hold_until(pred)` parks body
 requests until `pred(server)` is first true (or a timeout passes, which is recorded), so a
 test can prove that downloads really run in parallel without racing on sleeps.
 """
@@ -10,6 +12,7 @@ test can prove that downloads really run in parallel without racing on sleeps.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import time
 from dataclasses import dataclass, field
@@ -94,6 +97,7 @@ class ModelServer:
     async def start(self) -> str:
         app = web.Application()
         app.router.add_get("/f/{name}", self._handle)
+        app.router.add_get("/{owner}/{repo}/resolve/{revision}/{name}", self._handle_hub)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -116,6 +120,18 @@ class ModelServer:
     async def _notify(self) -> None:
         async with self._changed:
             self._changed.notify_all()
+
+    async def _handle_hub(self, request: web.Request) -> web.StreamResponse:
+        """Hugging Face's resolve URL: HEAD gives commit, etag (an LFS file's sha256) and size."""
+        name = request.match_info["name"]
+        location = self.redirects.get(name)
+        data = self.files.get(location.rpartition("/")[2] if location else name)
+        if request.method != "HEAD" or data is None:
+            return await self._handle(request)
+        # Like the Hub, a redirect to the CDN already carries the file's metadata.
+        return web.Response(status=302 if location else 200, headers={
+            "X-Repo-Commit": "0" * 40, "X-Linked-Etag": f'"{hashlib.sha256(data).hexdigest()}"',
+            "X-Linked-Size": str(len(data)), **({"Location": location} if location else {})})
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
@@ -199,6 +215,8 @@ class ModelServer:
                         await asyncio.sleep(ahead)
             await resp.write_eof()
             return resp
+        except ConnectionError:  # the client went away (aria2c closes a piece's stream once done)
+            return resp
         finally:
             if is_body:
                 self.active[name] -= 1
@@ -209,7 +227,6 @@ async def _main() -> None:
     """`python -m tests.provision.model_server --size-mib N --rate-mib-s R`: serve one random file
     until killed; prints `URL SHA256 SIZE` once listening (for bench/provision.py)."""
     import argparse
-    import hashlib
     import os
 
     p = argparse.ArgumentParser()
