@@ -8,13 +8,10 @@ import logging
 import pytest
 
 from comfy_bridge.errors import DownloadFailed
-from comfy_bridge.provision import downloader
-from comfy_bridge.provision.downloader import (
-    VERIFIED_FILE,
-    DownloadOptions,
-    ensure_models,
-)
+from comfy_bridge.provision import download_progress, downloader, model_state
+from comfy_bridge.provision.downloader import DownloadOptions, ensure_models
 from comfy_bridge.provision.manifest import ModelFile
+from comfy_bridge.provision.model_state import VERIFIED_FILE
 from tests.provision.conftest import blob, model_entry, sha256
 from tests.provision.model_server import Fault
 
@@ -186,8 +183,8 @@ async def test_present_and_verified_files_are_skipped_without_rehashing(model_se
     requests = len(model_server.records)
 
     hashed: list[object] = []
-    real = downloader.sha256_file
-    monkeypatch.setattr(downloader, "sha256_file", lambda p: hashed.append(p) or real(p))
+    real = model_state.sha256_file
+    monkeypatch.setattr(model_state, "sha256_file", lambda p: hashed.append(p) or real(p))
     reports = await ensure_models([m], tmp_path / "m", opts())
 
     assert [r.status for r in reports] == ["ok"]
@@ -267,6 +264,21 @@ async def test_transient_server_errors_are_retried(model_server, tmp_path):
     assert [r.status for r in model_server.records[:2]] == [503, 503]
 
 
+async def test_retries_stop_after_the_configured_number_and_say_so(model_server, tmp_path, caplog):
+    data = blob(64 * KIB)
+    model_server.files["l.bin"] = data
+    model_server.add_fault("l.bin", Fault(status=503, times=10))
+    caplog.set_level(logging.WARNING)
+
+    with pytest.raises(DownloadFailed) as err:
+        await ensure_models([model(model_server, "l.bin", data)], tmp_path / "m", opts(retries=2))
+
+    assert "reaching the host failed after 3 tries: 503" in err.value.message
+    assert [r.status for r in model_server.records] == [503, 503, 503]
+    waits = [r.getMessage() for r in caplog.records if "retrying in" in r.getMessage()]
+    assert len(waits) == 2
+
+
 async def test_not_enough_disk_space_is_said_before_downloading(model_server, tmp_path, monkeypatch):
     data = blob(64 * KIB)
     model_server.files["k.bin"] = data
@@ -290,7 +302,7 @@ async def test_progress_shows_a_bar_on_a_terminal_and_logs_elsewhere(caplog):
 
     stream = Tty()
     caplog.set_level(logging.INFO)
-    progress = downloader.Progress(interval_s=3600, bar=None, stream=stream)
+    progress = download_progress.Progress(interval_s=3600, bar=None, stream=stream)
     assert progress.bar  # a terminal gets the bar
     progress.start("checkpoints/x.safetensors", total=1000, done=0)
     progress.add("checkpoints/x.safetensors", 500)
@@ -298,4 +310,4 @@ async def test_progress_shows_a_bar_on_a_terminal_and_logs_elsewhere(caplog):
     assert "50.0%" in stream.getvalue() and "MB/s" in stream.getvalue()
     record = next(r for r in caplog.records if "downloading checkpoints/x.safetensors" in r.getMessage())
     assert record.fields["done"] == 500 and record.fields["total"] == 1000  # type: ignore[attr-defined]
-    assert not downloader.Progress(interval_s=1, bar=None, stream=io.StringIO()).bar  # not a terminal
+    assert not download_progress.Progress(interval_s=1, bar=None, stream=io.StringIO()).bar  # not a terminal
