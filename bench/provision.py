@@ -8,8 +8,9 @@
    connection and with --connections, by `aria2c -x N` (Debian's aria2, when installed) and
    by huggingface_hub's hf_hub_download (when installed; plain HTTP, see
    bench/download_tools.py); median time and throughput of --runs runs each.
-2. Safety, on a host that redirects to another host name: whether each tool sends the token
-   to the redirect target, and what a sha256 mismatch leaves at the final name.
+2. Safety, on a local host: whether each tool sends the token to the host a redirect names,
+   what a sha256 mismatch leaves at the final name, and how much a cut download fetches
+   again when run again (bench/download_tools.py).
 3. A machine that already matches its manifest (a ComfyUI checkout, a custom node pack,
    a model of --size-mib, all verified) is provisioned again with `comfy-worker provision`
    (a new process, as start_server.sh runs it): the time a restarted worker pays.
@@ -105,9 +106,10 @@ async def main() -> None:
             print(f"  {label:32s} {took:6.2f} s  {mib / took:6.1f} MiB/s")
         if not download_tools.hub_available():
             print("  huggingface_hub: not installed (pip install huggingface_hub into .venv to compare it)")
-        print("safety (token to the host a redirect names; sha256 mismatch):")
-        for label, token, mismatch in await download_tools.safety(args.connections):
-            print(f"  {label:32s} token to redirect target: {token}; wrong sha256: {mismatch}")
+        print("safety (token to the host a redirect names; sha256 mismatch; a download cut after 700 kB, run again):")
+        for label, token, mismatch, resume in await download_tools.safety(args.connections):
+            print(f"  {label}:\n    token to redirect target: {token}\n    wrong sha256: {mismatch}\n"
+                  f"    resume: {resume}")
 
         with tempfile.TemporaryDirectory() as tmp:
             times = noop_provision(Path(tmp), url, sha, size, args.runs)
