@@ -178,7 +178,10 @@ class ModelServer:
         resp.headers["Accept-Ranges"] = "bytes" if self.ranges else "none"
         if status == 206:
             resp.headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
-        await resp.prepare(request)
+        try:
+            await resp.prepare(request)
+        except ConnectionError:  # the client already went away
+            return resp
 
         is_body = end - start + 1 > 1
         if is_body:
