@@ -161,6 +161,24 @@ async def test_token_goes_to_the_manifest_host_only_and_is_never_logged(model_se
     assert "s3cr3t-hf-token" not in caplog.text
 
 
+async def test_a_redirect_within_the_origin_keeps_the_token_and_a_loop_is_named(model_server, tmp_path):
+    data = blob(100 * KIB, seed=11)
+    model_server.files["gated.bin"] = data
+    model_server.tokens["gated.bin"] = "s3cr3t"
+    model_server.redirects["renamed.bin"] = model_server.file_url("gated.bin")  # same host: a renamed repo
+    model_server.redirects["loop.bin"] = model_server.file_url("loop.bin")
+    renamed = ModelFile(url=model_server.file_url("renamed.bin"), dest="checkpoints/r.bin", sha256=sha256(data),
+                        size=len(data), auth="hf")
+    loop = ModelFile(url=model_server.file_url("loop.bin"), dest="checkpoints/l.bin", sha256=sha256(data),
+                     size=len(data))
+
+    with pytest.raises(DownloadFailed) as err:
+        await ensure_models([renamed, loop], tmp_path / "m", opts(env={"HF_TOKEN": "s3cr3t"}))
+
+    assert err.value.message == "checkpoints/l.bin: too many redirects from " + model_server.url.split("//")[1]
+    assert (tmp_path / "m/checkpoints/r.bin").read_bytes() == data
+
+
 async def test_an_expired_signed_cdn_url_is_resolved_again(model_server, tmp_path):
     data = blob(512 * KIB, seed=10)
     model_server.files["blob.bin"] = data
