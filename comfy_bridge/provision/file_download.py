@@ -58,7 +58,7 @@ class DownloadOptions:
     min_chunk_bytes: int = 16 << 20
     max_chunk_bytes: int = 256 << 20
     retries: int = 5
-    # Retry n waits backoff_s * 2**n plus up to backoff_s of jitter.
+    # Retry n waits backoff_s * 2**n (at most 30 s) plus up to backoff_s of jitter.
     backoff_s: float = 0.5
     connect_timeout_s: float = 30.0
     read_timeout_s: float = 60.0
@@ -236,7 +236,7 @@ class FileDownload:
 
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_Transient), stop=stop_after_attempt(self.opts.retries + 1),
-            wait=wait_exponential_jitter(initial=self.opts.backoff_s, jitter=self.opts.backoff_s),
+            wait=wait_exponential_jitter(initial=self.opts.backoff_s, jitter=self.opts.backoff_s, max=30.0),
             before_sleep=warn, reraise=True)
         try:
             return await retrying(fn)
