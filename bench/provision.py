@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import download_tools  # noqa: E402  (bench/download_tools.py)
+
 from comfy_bridge.provision.manifest import ModelFile  # noqa: E402
 from tests.provision.conftest import make_comfy_repo, make_pack_repo, stub_python  # noqa: E402
 

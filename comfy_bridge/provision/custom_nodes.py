@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from comfy_bridge import logs
 from comfy_bridge.errors import ProvisionFailed
+from comfy_bridge.provision.json_records import read_record, write_record
 from comfy_bridge.provision.manifest import CustomNodePack
 
 log = logs.get(__name__)
@@ -146,19 +147,14 @@ class NodeState:
 
     def __init__(self, custom_nodes_dir: Path) -> None:
         self.path = custom_nodes_dir / STATE_FILE
-        try:
-            self.data: dict[str, dict[str, str]] = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            self.data = {}
+        self.data = read_record(self.path)
 
     def installed(self, name: str, commit: str, key: str) -> bool:
         return self.data.get(name) == {"commit": commit, "requirements": key}
 
     def record(self, name: str, commit: str, key: str) -> None:
         self.data[name] = {"commit": commit, "requirements": key}
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+        write_record(self.path, self.data)
 
 
 # Packages a pack's requirements must never replace: ComfyUI's PyTorch build matches the

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from comfy_bridge import logs
+from comfy_bridge.provision.json_records import read_record, write_record
 from comfy_bridge.provision.manifest import ModelFile
 from comfy_bridge.provision.part_file import PartState, part_path
 
@@ -42,10 +42,7 @@ class VerifiedCache:
 
     def __init__(self, models_dir: Path) -> None:
         self.path = models_dir / VERIFIED_FILE
-        try:
-            self.entries: dict[str, dict[str, Any]] = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            self.entries = {}
+        self.entries = read_record(self.path)
         self.dirty = False
 
     @staticmethod
@@ -62,9 +59,7 @@ class VerifiedCache:
         self.dirty = True
 
     def save(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.entries, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+        write_record(self.path, self.entries)
 
 
 def sha256_file(path: Path) -> str:

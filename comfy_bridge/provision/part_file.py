@@ -9,12 +9,11 @@ trusted only when it describes this manifest entry (same sha256, size, chunk lay
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from comfy_bridge.provision.json_records import read_record, write_record
 from comfy_bridge.provision.manifest import ModelFile
 
 
@@ -58,9 +57,9 @@ class PartState:
     @classmethod
     def load(cls, part: Path, m: ModelFile) -> "PartState | None":
         try:
-            raw = json.loads(cls.path_for(part).read_text())
+            raw = read_record(cls.path_for(part))
             state = cls(raw["sha256"], raw["size"], raw["chunk_size"], list(raw["done"]))
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, KeyError, TypeError):
             return None
         if state.sha256 != m.sha256 or state.size != m.size or state.chunk_size <= 0:
             return None
@@ -71,8 +70,5 @@ class PartState:
         return state
 
     def save(self, part: Path) -> None:
-        p = self.path_for(part)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps({"sha256": self.sha256, "size": self.size,
-                                   "chunk_size": self.chunk_size, "done": self.done}))
-        os.replace(tmp, p)
+        write_record(self.path_for(part), {"sha256": self.sha256, "size": self.size,
+                                           "chunk_size": self.chunk_size, "done": self.done})
