@@ -15,11 +15,16 @@ from comfy_bridge.jobs.protocol import JobInput
 from comfy_bridge.settings import BridgeSettings
 
 
-def pick(job: JobInput, settings: BridgeSettings) -> Destination:
+def uses_s3(job: JobInput, settings: BridgeSettings) -> bool:
     """S3 when the request names a bucket, or the environment does and the request did not
     ask for base64 (`return_outputs_as_base64: true`); inline otherwise."""
     own_bucket = bool(job.s3 and job.s3.bucket_name)
-    if own_bucket or (settings.s3.bucket_name and job.return_outputs_as_base64 is not True):
+    return own_bucket or bool(settings.s3.bucket_name and job.return_outputs_as_base64 is not True)
+
+
+def pick(job: JobInput, settings: BridgeSettings) -> Destination:
+    """The destination `uses_s3` says: S3 (shared clients) or inline."""
+    if uses_s3(job, settings):
         from comfy_bridge.delivery import s3  # boto3 loads only where S3 is used
 
         return _shared_s3(settings, s3)
