@@ -4,10 +4,17 @@ endpoint was checked at (comfy_bridge/delivery/endpoint.py pinning). Real Seawee
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import ssl
 from typing import Any
 
+import boto3
 import pytest
+import trustme
+from aiohttp import web
+from botocore.config import Config
+from botocore.exceptions import SSLError
 from yarl import URL
 
 from comfy_bridge.delivery import endpoint
@@ -96,8 +103,6 @@ async def test_request_endpoint_is_resolved_once_and_connected_to_at_that_addres
 def test_pinned_client_keeps_the_name_for_tls_and_refuses_other_hosts():
     """SNI and certificate checks use `host`, which pinning leaves as the name; a host the
     client was not pinned for is never resolved."""
-    import boto3
-
     client = boto3.session.Session().client(
         "s3", endpoint_url="https://s3.pinned.test", region_name=REGION,
         aws_access_key_id="k", aws_secret_access_key="s",
@@ -112,3 +117,46 @@ def test_pinned_client_keeps_the_name_for_tls_and_refuses_other_hosts():
             stray._new_conn()
     finally:
         client.close()
+
+
+@pytest.mark.parametrize(("cert_for", "verified"), [("s3.tls.test", True), ("someone-else.test", False)])
+async def test_tls_to_a_pinned_endpoint_still_verifies_its_name(cert_for, verified, monkeypatch, tmp_path):
+    """Connected to the pinned address, the certificate is still checked against the name:
+    one for the endpoint's name passes, one for another name is refused."""
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(cert_for).configure_cert(server_ctx)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    seen: list[str] = []
+
+    async def list_objects(request: web.Request) -> web.Response:
+        seen.append(request.host)
+        return web.Response(content_type="application/xml", text=(
+            '<?xml version="1.0" encoding="UTF-8"?><ListBucketResult><Name>b</Name>'
+            "<KeyCount>0</KeyCount><MaxKeys>1</MaxKeys><IsTruncated>false</IsTruncated></ListBucketResult>"))
+
+    app = web.Application()
+    app.router.add_get("/b", list_objects)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    client = boto3.session.Session().client(
+        "s3", endpoint_url=f"https://s3.tls.test:{port}", region_name=REGION, verify=str(ca_file),
+        aws_access_key_id="k", aws_secret_access_key="s",
+        config=Config(retries={"max_attempts": 1}),
+    )
+    try:
+        endpoint.pin(client, f"https://s3.tls.test:{port}", "127.0.0.1")
+        if verified:
+            await asyncio.to_thread(client.list_objects_v2, Bucket="b", MaxKeys=1)
+            assert seen == [f"s3.tls.test:{port}"]  # the Host header is the name, too
+        else:
+            with pytest.raises(SSLError, match="(?i)hostname|match"):
+                await asyncio.to_thread(client.list_objects_v2, Bucket="b", MaxKeys=1)
+            assert not seen
+    finally:
+        client.close()
+        await runner.cleanup()
