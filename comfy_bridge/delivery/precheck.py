@@ -98,8 +98,7 @@ async def _check_webhook(url_text: str, allow_private: bool) -> tuple[str, str] 
         return field, f"webhook.url is not a URL the worker can call ({exc}); give an http(s):// URL"
     if allow_private:
         return None
-    refusal = await _resolve_public(url, field, "webhook.url")
-    return refusal
+    return await _resolve_public(url, field, "webhook.url")
 
 
 async def _resolve_public(url: URL, field: str, what: str) -> tuple[str, str] | None:
@@ -111,6 +110,8 @@ async def _resolve_public(url: URL, field: str, what: str) -> tuple[str, str] | 
         if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
             return field, f"{what} host {host} does not exist (DNS: {exc.strerror}); check the URL"
         return None  # the resolver did not answer: not proof of anything
+    except ValueError as exc:  # UnicodeError: a label too long for IDNA
+        return field, f"{what} host is not a valid host name ({exc}); check the URL"
     if not all(address_allowed(str(info[4][0])) for info in infos):
         return field, _private(f"{what} host {host} resolves to a non-public address")
     return None

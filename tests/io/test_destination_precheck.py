@@ -76,8 +76,9 @@ async def test_worker_credentials_never_go_to_a_request_endpoint(bridge, seaweed
     [("http://127.0.0.1:9/hook", "not a public address"),
      ("http://169.254.169.254/latest", "not a public address"),
      ("https://no-such-host.invalid/hook", "does not exist"),
-     ("http://[::1/hook", "not a URL the worker can call")],
-    ids=["loopback", "metadata", "nxdomain", "malformed"],
+     ("http://[::1/hook", "not a URL the worker can call"),
+     ("https://" + "a" * 70 + ".example/hook", "not a valid host name")],
+    ids=["loopback", "metadata", "nxdomain", "malformed", "label-too-long"],
 )
 async def test_bad_webhook_url_is_a_422_before_any_prompt(bridge, url, reason):
     b = await bridge(allow_private_urls=False)
