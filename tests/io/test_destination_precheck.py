@@ -5,11 +5,18 @@ cannot work is a 422 naming the field, and no prompt reaches ComfyUI."""
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.resolver import ThreadedResolver
+from yarl import URL
 
 from comfy_bridge.delivery import endpoint, precheck
+from comfy_bridge.inputs import netguard
+from comfy_bridge.jobs.protocol import JobInput
+from comfy_bridge.webhooks import WebhookSender
 from tests.io.conftest import REGION
 from tests.io.test_end_to_end import Bridge, bridge  # noqa: F401 - the fixture
 
@@ -94,3 +101,44 @@ async def test_good_destination_is_checked_once_and_served(bridge, seaweed):
         assert status == 200, body
         assert body["output"][0]["s3_key"].startswith(f"ok-{n}/")
     assert len(precheck._passed) == 1  # the second request reused the first one's check
+
+
+async def test_webhook_host_that_rebinds_after_the_check_is_still_not_called(
+    make_settings, http_server, monkeypatch
+):
+    """The pre-check saw a public address; the sender's own lookup gets loopback. The
+    sender's guarded resolver checks the address it connects to, so nothing is sent."""
+    hits: list[str] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.Response()
+
+    port = URL(await http_server({"/hook": hook})).port
+    name = "hook.rebind.test"
+    real = socket.getaddrinfo
+    answers: list[str] = []
+
+    def rebinding(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != name:
+            return real(host, *args, **kwargs)
+        answers.append("public" if not answers else "loopback")
+        if answers[-1] == "public":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port))]
+        return real("127.0.0.1", *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    # aiohttp's default resolver may be aiodns, which this fake DNS cannot answer for.
+    monkeypatch.setattr(netguard, "DefaultResolver", ThreadedResolver)
+    settings = make_settings(allow_private_urls=False, webhook_retries=0)
+    job = JobInput.model_validate({"workflow_json": GRAPH, "webhook": {"url": f"http://{name}:{port}/hook"}})
+    await precheck.check_destinations(job, settings)  # passes: the first answer is public
+    sender = WebhookSender(settings)
+    try:
+        task = sender.schedule(job, {"id": job.request_id, "status": "success"})
+        assert task is not None
+        result = await task
+    finally:
+        await sender.aclose()
+    assert not result.delivered and "non-public address" in (result.error or "")
+    assert answers == ["public", "loopback"] and hits == []

@@ -42,6 +42,9 @@ async def test_oversized_unsigned_body_is_refused_before_it_is_read(start_worker
         error = json.loads(raw)["error"]
         assert error["type"] == "payload_too_large" and error["retriable"] is False
         assert "COMFY_WORKER_MAX_BODY_BYTES" in error["message"] and error["max_bytes"] == CAP
+        # The framework's own body-reading routes are capped too.
+        async with s.post(f"{w.url}/session/create", data=b"{" + b" " * (2 * CAP) + b"}") as r:
+            assert r.status == 413
         # Under the cap, an unsigned body still reaches the framework's signature check.
         assert (await w.post(unsigned({"workflow_json": sd15_graph()}), session=s))[0] == 401
         # A signed request is served as before.
