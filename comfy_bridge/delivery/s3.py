@@ -71,8 +71,8 @@ class S3Target:
     secret_access_key: SecretStr | None
     endpoint_from_request: bool = False
     credentials_from_request: bool = False
-    # The one checked address a request's own endpoint is connected to (delivery/endpoint.py).
-    pinned_address: str | None = None
+    # The checked addresses a request's own endpoint is connected to (delivery/endpoint.py).
+    pinned_addresses: tuple[str, ...] = ()
 
     def key_for(self, request_id: str, filename: str) -> str:
         prefix = self.prefix.strip("/")
@@ -88,7 +88,7 @@ class S3Target:
             self.region,
             self.access_key_id.get_secret_value() if self.access_key_id else None,
             hashlib.sha256(secret.encode()).hexdigest(),
-            self.pinned_address,
+            self.pinned_addresses,
         )
 
 
@@ -131,7 +131,7 @@ class WorkerCredentialsRefused(ValueError):
 
 
 async def check_endpoint(target: S3Target, *, allow_private: bool) -> S3Target:
-    """`target` pinned to the one checked address of a caller-chosen endpoint (the operator's
+    """`target` pinned to the checked addresses of a caller-chosen endpoint (the operator's
     own is trusted as is). AddressRefused for a non-public address; WorkerCredentialsRefused
     when the worker's credentials would be sent to the caller's endpoint."""
     if not target.endpoint_from_request or not target.endpoint_url:
@@ -141,8 +141,8 @@ async def check_endpoint(target: S3Target, *, allow_private: bool) -> S3Target:
             "s3.endpoint_url is the request's own, so the worker's credentials are not sent "
             "there: give s3.access_key_id and s3.secret_access_key with it"
         )
-    address = await endpoint.resolve_once(target.endpoint_url, allow_private=allow_private)
-    return replace(target, pinned_address=address)
+    addresses = await endpoint.resolve_once(target.endpoint_url, allow_private=allow_private)
+    return replace(target, pinned_addresses=addresses)
 
 
 def scrub(text: str, secrets: list[str]) -> str:
@@ -197,8 +197,8 @@ class _Client:
                 response_checksum_validation="when_required",
             ),
         )
-        if target.pinned_address and target.endpoint_url:
-            endpoint.pin(self.s3, target.endpoint_url, target.pinned_address)
+        if target.pinned_addresses and target.endpoint_url:
+            endpoint.pin(self.s3, target.endpoint_url, target.pinned_addresses)
         threshold = settings.multipart_threshold_bytes
         self.transfer = create_transfer_manager(
             self.s3,

@@ -108,10 +108,10 @@ def test_pinned_client_keeps_the_name_for_tls_and_refuses_other_hosts():
         aws_access_key_id="k", aws_secret_access_key="s",
     )
     try:
-        endpoint.pin(client, "https://s3.pinned.test", "192.0.2.10")
+        endpoint.pin(client, "https://s3.pinned.test", ("192.0.2.10",))
         pools = client._endpoint.http_session._manager.pool_classes_by_scheme
         conn = pools["https"].ConnectionCls("s3.pinned.test", 443)
-        assert conn.host == "s3.pinned.test" and conn.pins == {"s3.pinned.test": "192.0.2.10"}
+        assert conn.host == "s3.pinned.test" and conn.pins == {"s3.pinned.test": ("192.0.2.10",)}
         stray = pools["https"].ConnectionCls("elsewhere.test", 443)
         with pytest.raises(Exception, match="not the checked endpoint"):
             stray._new_conn()
@@ -149,7 +149,8 @@ async def test_tls_to_a_pinned_endpoint_still_verifies_its_name(cert_for, verifi
         config=Config(retries={"max_attempts": 1}),
     )
     try:
-        endpoint.pin(client, f"https://s3.tls.test:{port}", "127.0.0.1")
+        # The first address refuses connections: the next one is tried, as urllib3 would.
+        endpoint.pin(client, f"https://s3.tls.test:{port}", ("127.0.0.2", "127.0.0.1"))
         if verified:
             await asyncio.to_thread(client.list_objects_v2, Bucket="b", MaxKeys=1)
             assert seen == [f"s3.tls.test:{port}"]  # the Host header is the name, too
