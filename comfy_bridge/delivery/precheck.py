@@ -14,12 +14,14 @@ retriable) naming the field and what to do.
   outputs go to S3 (delivery/select.py). The endpoint is resolved once, checked and
   pinned (delivery/endpoint.py); then one cheap authenticated call, ListObjectsV2 with
   MaxKeys=1, on the client delivery will use. Only answers that prove the destination
-  cannot work are refused (no such bucket, keys the store does not accept, a caller's
-  endpoint that cannot be reached); AccessDenied is let through, since keys allowed to
-  write but not list are common, and so is anything the store says about itself (5xx).
+  cannot work are refused (no such bucket, keys the store does not accept, an endpoint
+  name that does not exist). AccessDenied is let through, since keys allowed to write but
+  not list are common, and so is a store that is down or slow (5xx, refused connection,
+  timeout): that may pass, and delivery then keeps the outputs (502, inline and spooled).
 
 Outcomes are cached per endpoint + bucket + key id (+ secret digest): successes for
-SUCCESS_TTL_S, refusals for FAILURE_TTL_S only, so a bucket created a moment later works.
+SUCCESS_TTL_S; refusals, and checks that proved nothing, for FAILURE_TTL_S only, so a
+bucket created a moment later works and a store that is down is not probed per request.
 """
 
 from __future__ import annotations
@@ -48,8 +50,9 @@ _BAD_KEYS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "Exp
              "InvalidSecurity", "TokenRefreshRequired"}
 _BAD_REGION = {"AuthorizationHeaderMalformed", "PermanentRedirect", "IllegalLocationConstraintException"}
 
-# key -> None (fine) or (field, message) of the refusal.
+_UNSURE = ("", "")  # a check that proved nothing either way: let the request through
 _passed: TTLCache[tuple[Any, ...], None] = TTLCache(maxsize=2048, ttl=SUCCESS_TTL_S)
+# key -> (field, message) of the refusal, or _UNSURE.
 _refused: TTLCache[tuple[Any, ...], tuple[str, str]] = TTLCache(maxsize=2048, ttl=FAILURE_TTL_S)
 
 
@@ -83,6 +86,8 @@ async def _cached(key: tuple[Any, ...], run: Any, destination: str) -> None:
             _passed[key] = None
             return
         _refused[key] = refusal
+    if refusal is _UNSURE:
+        return
     field, message = refusal
     log.warning("destination refused before submitting: %s: %s", field, message)
     raise DestinationRefused(message, destination=destination, field=field)
@@ -154,11 +159,9 @@ async def _check_s3(job: JobInput, settings: BridgeSettings, target: Any) -> tup
         return _client_error(exc, target, where, secrets)
     except ValueError as exc:  # botocore: an endpoint URL or region it cannot use
         return "s3.endpoint_url", f"the S3 target at {where} is not usable: {s3.describe_error(exc, secrets)}"
-    except (BotoCoreError, TimeoutError, OSError) as exc:
-        if target.endpoint_from_request:
-            return "s3.endpoint_url", (f"s3.endpoint_url {where} could not be reached "
-                                       f"({s3.describe_error(exc, secrets)}); check the endpoint")
+    except (BotoCoreError, TimeoutError, OSError) as exc:  # down or slow: not proof it cannot work
         log.warning("S3 pre-check of %s inconclusive: %s", where, s3.describe_error(exc, secrets))
+        return _UNSURE
     return None
 
 
@@ -181,7 +184,7 @@ def _client_error(exc: Any, target: Any, where: str, secrets: list[str]) -> tupl
     if code == "AllAccessDisabled":
         return "s3.bucket_name", f"all access to bucket {bucket!r} is disabled ({said})"
     log.info("S3 pre-check of %s/%s answered %s: let through", where, bucket, code or "an error")
-    return None
+    return None if code == "AccessDenied" else _UNSURE
 
 
 def _where(target: Any) -> str:

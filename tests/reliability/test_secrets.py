@@ -189,7 +189,7 @@ async def _drive_worker(stack: Stack) -> None:
 
         bad_s3 = {"access_key_id": KEY_ID, "secret_access_key": S3_SECRET,
                   "endpoint_url": f"http://127.0.0.1:{dead}", "bucket_name": "nowhere", "region": REGION}
-        assert await call(stack.job(s3=bad_s3)) == 422  # unreachable: refused before the GPU
+        assert await call(stack.job(s3=bad_s3)) == 502
         assert await call(stack.job(webhook={"url": f"http://127.0.0.1:{dead}/h", "secret": WEBHOOK_SECRET})) == 200
         assert await call(stack.job(images=[{"name": "in.png", "image": _signed_url(dead)}])) == 422
         assert await call(stack.job(s3={**bad_s3, "bucket_name": 5}), forge=True) == 401
