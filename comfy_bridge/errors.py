@@ -9,6 +9,7 @@ retrying the same request elsewhere can help, so the routes never guess.
     │   ├── InvalidWorkflow          422  graph shape is wrong (no class_type, dangling link...)
     │   ├── UnknownTemplate          422  modifier names no template in workflows/
     │   ├── InvalidInputImage        422  an entry of `images` cannot be decoded or fetched
+    │   ├── DestinationRefused       422  the request's own S3 target or webhook URL cannot work (checked before the GPU)
     │   └── WorkflowRejected         422  ComfyUI's own validation refused the prompt
     │       ├── MissingNodeClasses   422  class_types not installed (named, with the pack if known)
     │       └── MissingModels        422  *_name inputs whose file is absent (named, with folder)
@@ -75,6 +76,13 @@ class UnknownTemplate(BadRequest):
 
 class InvalidInputImage(BadRequest):
     type = "invalid_input_image"
+
+
+class DestinationRefused(BadRequest):
+    """A request's own S3 target or webhook is refused (address policy) or cannot work (no
+    such bucket, rejected keys...): found before the prompt runs; `field` names the culprit."""
+
+    type = "destination_refused"
 
 
 class WorkflowRejected(BadRequest):

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class S3Settings(BaseSettings):
@@ -54,6 +54,9 @@ class BridgeSettings(BaseSettings):
     max_input_image_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
     input_fetch_timeout_s: float = Field(default=30.0, gt=0)
     allow_private_urls: bool = False
+    # Buckets `s3://` inputs may read with the worker's own credentials (comma list); unset:
+    # only S3_BUCKET_NAME. A request with its own s3 keys reads what those keys allow.
+    s3_input_buckets: Annotated[list[str] | None, NoDecode] = None
 
     webhook_secret: SecretStr | None = None
     webhook_retries: int = Field(default=5, ge=0)
@@ -82,6 +85,19 @@ class BridgeSettings(BaseSettings):
     shutdown_grace_s: float = Field(default=30.0, ge=0)
 
     s3: S3Settings = Field(default_factory=S3Settings)
+
+    @field_validator("s3_input_buckets", mode="before")
+    @classmethod
+    def _split_buckets(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [part.strip() for part in v.split(",") if part.strip()]
+        return v
+
+    def worker_input_buckets(self) -> set[str]:
+        """Buckets an `s3://` input may be read from with the worker's own credentials."""
+        if self.s3_input_buckets is not None:
+            return set(self.s3_input_buckets)
+        return {self.s3.bucket_name} if self.s3.bucket_name else set()
 
     def comfyui_folder(self, kind: Literal["output", "input", "temp"]) -> Path | None:
         """Where ComfyUI really keeps its output/input/temp files, as ComfyUI decides it:

@@ -15,6 +15,8 @@ piece of the configuration answers the issue:
   notes the status so a failed generation is reported as an error (honest_metrics.py);
   a `comfyui_unrecoverable` failure errors the worker so Vast replaces it.
 - lifecycle: readiness and health (lifecycle.py), instead of scraping ComfyUI's log.
+- body cap: bodies over COMFY_WORKER_MAX_BODY_BYTES get 413 before the framework reads
+  them whole to check the signature (body_cap.py).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from aiohttp import ClientResponse, web
 from vastai.serverless.server import worker as vast
 
 from comfy_bridge import logs
-from worker import benchmark, honest_metrics
+from worker import benchmark, body_cap, honest_metrics
 from worker.lifecycle import WorkerLifecycle
 from worker.settings import WorkerSettings
 from worker.workload import WorkloadModel
@@ -119,5 +121,6 @@ def build_worker(
     for h, lvl in handler_levels:
         h.setLevel(lvl)
     honest_metrics.install(w.backend)
+    body_cap.install(w, settings.max_body_bytes or body_cap.default_cap())
     lifecycle.attach(w.backend)
     return w

@@ -56,6 +56,9 @@ class WorkerSettings(BaseSettings):
     state_dir: Path = Path("/tmp/comfy-worker")
     # Public interface the PyWorker binds (WORKER_PORT); 127.0.0.1 in --local mode.
     host: str = "0.0.0.0"
+    # Largest request body the public port reads before the signature is checked (413 past
+    # it); unset: COMFY_BRIDGE_MAX_BODY_BYTES plus room for auth_data (worker/body_cap.py).
+    max_body_bytes: int | None = Field(default=None, ge=1024)
 
     @field_validator("required_nodes", "required_models", mode="before")
     @classmethod

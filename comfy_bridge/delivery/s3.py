@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import io
 import random
-import socket
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from collections.abc import Callable
 
@@ -38,11 +38,11 @@ from s3transfer.subscribers import BaseSubscriber
 
 from comfy_bridge import logs
 from comfy_bridge import observability as obs
+from comfy_bridge.delivery import endpoint
 from comfy_bridge.delivery.base import Artifact, guess_mimetype
 from comfy_bridge.delivery.convert import convert_artifacts
 from comfy_bridge.delivery.spool import Spool
 from comfy_bridge.errors import DeliveryFailed
-from comfy_bridge.inputs.netguard import AddressRefused, address_allowed, check_url
 from comfy_bridge.jobs.protocol import JobInput, OutputFile
 from comfy_bridge.jobs.protocol import S3Destination as S3Request
 from comfy_bridge.settings import BridgeSettings, S3Settings
@@ -70,6 +70,9 @@ class S3Target:
     access_key_id: SecretStr | None
     secret_access_key: SecretStr | None
     endpoint_from_request: bool = False
+    credentials_from_request: bool = False
+    # The checked addresses a request's own endpoint is connected to (delivery/endpoint.py).
+    pinned_addresses: tuple[str, ...] = ()
 
     def key_for(self, request_id: str, filename: str) -> str:
         prefix = self.prefix.strip("/")
@@ -85,6 +88,7 @@ class S3Target:
             self.region,
             self.access_key_id.get_secret_value() if self.access_key_id else None,
             hashlib.sha256(secret.encode()).hexdigest(),
+            self.pinned_addresses,
         )
 
 
@@ -93,37 +97,52 @@ def resolve_target(
 ) -> S3Target | None:
     """Merge a request's `s3` over the S3_* settings; None when no bucket is named anywhere.
 
-    `bucket` overrides both (an `s3://bucket/key` input names its own bucket).
+    `bucket` overrides both (an `s3://bucket/key` input names its own bucket). Credentials
+    go as a pair: a request that gives either key gets none of the environment's.
     """
 
-    def pick(name: str) -> Any:
+    def given(name: str) -> Any:
         value = getattr(request, name, None) if request is not None else None
-        return value if value not in (None, "") else getattr(defaults, name)
+        return value if value not in (None, "") else None
+
+    def pick(name: str) -> Any:
+        value = given(name)
+        return value if value is not None else getattr(defaults, name)
 
     bucket = bucket or pick("bucket_name")
     if not bucket:
         return None
+    own_keys = given("access_key_id") is not None or given("secret_access_key") is not None
+    keys = given if own_keys else functools.partial(getattr, defaults)
     return S3Target(
         bucket=bucket,
         prefix=pick("prefix") or "",
         endpoint_url=pick("endpoint_url"),
         region=pick("region"),
-        access_key_id=pick("access_key_id"),
-        secret_access_key=pick("secret_access_key"),
+        access_key_id=keys("access_key_id"),
+        secret_access_key=keys("secret_access_key"),
         endpoint_from_request=bool(request is not None and request.endpoint_url),
+        credentials_from_request=own_keys,
     )
 
 
-async def check_endpoint(target: S3Target, *, allow_private: bool) -> None:
-    """Refuse a caller-chosen endpoint on a non-public address (the operator's own is trusted)."""
-    if not target.endpoint_from_request or not target.endpoint_url or allow_private:
-        return
-    url = check_url(target.endpoint_url, allow_private=False)
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(url.host, url.port, type=socket.SOCK_STREAM)
-    for info in infos:
-        if not address_allowed(str(info[4][0])):
-            raise AddressRefused(f"endpoint {url.host} resolves to a non-public address")
+class WorkerCredentialsRefused(ValueError):
+    """The worker's own credentials would go to an endpoint or bucket the caller chose."""
+
+
+async def check_endpoint(target: S3Target, *, allow_private: bool) -> S3Target:
+    """`target` pinned to the checked addresses of a caller-chosen endpoint (the operator's
+    own is trusted as is). AddressRefused for a non-public address; WorkerCredentialsRefused
+    when the worker's credentials would be sent to the caller's endpoint."""
+    if not target.endpoint_from_request or not target.endpoint_url:
+        return target
+    if not target.credentials_from_request:
+        raise WorkerCredentialsRefused(
+            "s3.endpoint_url is the request's own, so the worker's credentials are not sent "
+            "there: give s3.access_key_id and s3.secret_access_key with it"
+        )
+    addresses = await endpoint.resolve_once(target.endpoint_url, allow_private=allow_private)
+    return replace(target, pinned_addresses=addresses)
 
 
 def scrub(text: str, secrets: list[str]) -> str:
@@ -178,6 +197,8 @@ class _Client:
                 response_checksum_validation="when_required",
             ),
         )
+        if target.pinned_addresses and target.endpoint_url:
+            endpoint.pin(self.s3, target.endpoint_url, target.pinned_addresses)
         threshold = settings.multipart_threshold_bytes
         self.transfer = create_transfer_manager(
             self.s3,
@@ -302,7 +323,7 @@ class S3Destination:
             return await self._finish(job, nowhere, artifacts, converted, [ValueError()] * len(converted), error)
         secrets = target.secrets()
         try:
-            await check_endpoint(target, allow_private=self.settings.allow_private_urls)
+            target = await check_endpoint(target, allow_private=self.settings.allow_private_urls)
             client = await self.clients.get(target)
         except Exception as exc:  # refused or bad endpoint URL, unknown region...
             error = describe_error(exc, secrets)

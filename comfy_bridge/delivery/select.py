@@ -15,7 +15,7 @@ from comfy_bridge.jobs.protocol import JobInput
 from comfy_bridge.settings import BridgeSettings
 
 
-def to_s3(job: JobInput, settings: BridgeSettings) -> bool:
+def uses_s3(job: JobInput, settings: BridgeSettings) -> bool:
     """S3 when the request names a bucket, or the environment does and the request did not
     ask for base64 (`return_outputs_as_base64: true`)."""
     own_bucket = bool(job.s3 and job.s3.bucket_name)
@@ -25,12 +25,12 @@ def to_s3(job: JobInput, settings: BridgeSettings) -> bool:
 def result_wanted_without_caller(job: JobInput, settings: BridgeSettings) -> bool:
     """Whether a request whose caller left should still run: its outputs go to S3 or its
     result to a webhook. Inline outputs for nobody are not: the GPU is freed instead."""
-    return job.webhook is not None or to_s3(job, settings)
+    return job.webhook is not None or uses_s3(job, settings)
 
 
 def pick(job: JobInput, settings: BridgeSettings) -> Destination:
-    """S3 when to_s3(); inline otherwise."""
-    if to_s3(job, settings):
+    """S3 when uses_s3(); inline otherwise."""
+    if uses_s3(job, settings):
         from comfy_bridge.delivery import s3  # boto3 loads only where S3 is used
 
         return _shared_s3(settings, s3)

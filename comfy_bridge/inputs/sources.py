@@ -3,7 +3,9 @@
 - base64 (standard or URL-safe alphabet, padding optional), RunPod's only form;
 - a data URI `data:image/png;base64,...`, what browsers and many SDKs produce;
 - an http(s) URL, fetched with a timeout, a size cap and the address guard;
-- `s3://bucket/key`, read with the request's (or the environment's) S3 credentials.
+- `s3://bucket/key`, read with the request's own S3 credentials, or the environment's
+  for the buckets on COMFY_BRIDGE_S3_INPUT_BUCKETS only (default: the output bucket), so
+  a caller cannot read whatever else the worker's keys can.
 
 Every failure is a `SourceError` whose message says what was wrong, never a credential.
 """
@@ -19,7 +21,13 @@ import aiohttp
 from botocore.exceptions import BotoCoreError, ClientError
 from yarl import URL
 
-from comfy_bridge.delivery.s3 import S3Clients, check_endpoint, describe_error, resolve_target
+from comfy_bridge.delivery.s3 import (
+    S3Clients,
+    WorkerCredentialsRefused,
+    check_endpoint,
+    describe_error,
+    resolve_target,
+)
 from comfy_bridge.inputs.netguard import AddressRefused, check_url, refused
 from comfy_bridge.jobs.protocol import S3Destination as S3Request
 from comfy_bridge.settings import BridgeSettings
@@ -131,18 +139,24 @@ async def fetch_s3(
     *,
     max_bytes: int,
 ) -> bytes:
-    """Read s3://bucket/key with the request's credentials, the environment's as fallback."""
+    """Read s3://bucket/key with the request's credentials, the environment's for allowed buckets."""
     rest = url[5:]
     bucket, _, key = rest.partition("/")
     if len(bucket) < 3 or not key:
         raise SourceError("is not a valid s3://bucket/key URL")
     target = resolve_target(request, settings.s3, bucket=bucket)
     assert target is not None
+    if not target.credentials_from_request and bucket not in settings.worker_input_buckets():
+        raise SourceError(
+            f"refused: bucket {bucket!r} is not one the worker reads with its own credentials "
+            "(COMFY_BRIDGE_S3_INPUT_BUCKETS); give s3.access_key_id and s3.secret_access_key "
+            "that can read it, or send the image as an https:// URL"
+        )
     secrets = target.secrets()
     try:
-        await check_endpoint(target, allow_private=settings.allow_private_urls)
+        target = await check_endpoint(target, allow_private=settings.allow_private_urls)
         client = await clients.get(target)
-    except AddressRefused as exc:
+    except (AddressRefused, WorkerCredentialsRefused) as exc:
         raise SourceError(f"refused: {exc}") from None
     except Exception as exc:
         raise SourceError(f"could not be read: {describe_error(exc, secrets)}") from None

@@ -24,7 +24,7 @@ from comfy_bridge import observability as obs
 from comfy_bridge.comfyui import graph as graphs
 from comfy_bridge.comfyui.client import ComfyClient, PromptResult
 from comfy_bridge.comfyui.supervisor import classify_execution_error
-from comfy_bridge.delivery import select
+from comfy_bridge.delivery import precheck, select
 from comfy_bridge.delivery.base import Artifact, Destination, guess_mimetype
 from comfy_bridge.errors import (
     BridgeError,
@@ -150,6 +150,7 @@ class JobRunner:
         if missing:
             raise graphs.missing_classes_error(missing, graph)
         graphs.check_socket_inputs(graph, self.client.node_info)
+        await precheck.check_destinations(job, self.settings)  # 422 before the GPU, not 502 after
 
         if self.availability is not None:
             self.availability()

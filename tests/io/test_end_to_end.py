@@ -25,6 +25,7 @@ MODELS = {"checkpoints": ["sd_xl_base_1.0.safetensors"]}
 class Bridge:
     def __init__(self, url: str, app: web.Application, session: aiohttp.ClientSession) -> None:
         self.url, self.app, self.session = url, app, session
+        self.double: Any = None
 
     async def generate(self, **fields: Any) -> tuple[int, dict]:
         async with self.session.post(self.url + "/generate/sync", json={"input": fields}) as r:
@@ -45,7 +46,9 @@ async def bridge(make_settings, make_comfy_double, seaweed) -> AsyncIterator:
         settings = make_settings(s3=s3, comfyui_url=double.url, comfyui_path=double.root, **kw)
         app = build_app(settings)
         port = await serve_app(app, runners, shutdown_timeout=1.0)
-        return Bridge(f"http://127.0.0.1:{port}", app, session)
+        made = Bridge(f"http://127.0.0.1:{port}", app, session)
+        made.double = double
+        return made
 
     yield make
     for runner in runners:

@@ -77,7 +77,7 @@ async def image_server(http_server):
 async def test_every_form_is_staged_under_the_request(seaweed, make_settings, stagers, image_server, tmp_path):
     bucket = seaweed.bucket("inputs")
     seaweed.client().put_object(Bucket=bucket, Key="in/face.png", Body=PNG)
-    settings = make_settings(s3=s3_env(seaweed, "unused-bucket"))
+    settings = make_settings(s3=s3_env(seaweed, "unused-bucket"), s3_input_buckets=[bucket])
     stager = stagers(settings)
     images = [
         {"name": "b64.png", "image": base64.b64encode(PNG).decode()},
