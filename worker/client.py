@@ -143,6 +143,9 @@ class _Place:
     """The request's place in the router's queue, kept across polls and retries."""
 
     request_idx: int = 0
+    # What was last in the way (a 503, no worker ready...): what a deadline reports, rather
+    # than the router call our own deadline cut short.
+    reason: str = ""
 
 
 class _Retry(Exception):
@@ -214,7 +217,7 @@ class WorkerClient:
                     ticket = await self._route_until_ready(cost, place, deadline)
                     return await self._call_worker(ticket, payload_input, deadline, idempotent)
                 except _Retry as r:
-                    reason = r.reason
+                    reason = place.reason = r.reason
                     failures += 1
                     log.info("retrying: %s", reason)
                     await self._backoff(failures, deadline, reason)
@@ -275,6 +278,9 @@ class WorkerClient:
                     except ValueError:
                         raise _Retry("router answered something that is not JSON") from None
             except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                if isinstance(e, asyncio.TimeoutError) and deadline - time.monotonic() <= 0.05:
+                    last = place.reason or "routing"
+                    raise CallTimeout(f"deadline passed: {last}", last) from None
                 raise _Retry(f"router unreachable: {type(e).__name__}: {e}") from e
             if isinstance(answer, dict):
                 with contextlib.suppress(TypeError, ValueError):
@@ -283,7 +289,8 @@ class WorkerClient:
                     return answer
             polls += 1
             status = answer.get("status") if isinstance(answer, dict) else answer
-            await self._backoff(polls, deadline, f"no worker ready ({status})")
+            place.reason = f"no worker ready ({status})"
+            await self._backoff(polls, deadline, place.reason)
 
     async def _call_worker(
         self, ticket: dict[str, Any], payload_input: dict[str, Any], deadline: float, idempotent: bool

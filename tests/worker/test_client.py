@@ -57,6 +57,8 @@ class Fakes:
         if step == "dead-worker":
             return web.json_response({"url": f"http://127.0.0.1:{free_port()}", "reqnum": 1, "signature": "s",
                                       "endpoint": body["endpoint"], "cost": body["cost"], "request_idx": 7})
+        if step == "hang":  # never answers: the caller's own deadline ends the call
+            await asyncio.Event().wait()
         if step == "none":
             return web.json_response({"endpoint": body["endpoint"], "request_idx": 7,
                                       "status": {"ready": 0, "loading": 1, "error": 0}})
@@ -156,6 +158,17 @@ async def test_deadline_is_honoured_while_no_worker_is_ready(fakes):
             await c.generate({"workflow_json": GRAPH}, deadline_s=0.3)
     assert "no worker ready" in info.value.reason
     assert fakes.calls == []
+
+
+async def test_a_route_call_cut_short_by_the_deadline_reports_what_was_in_the_way(fakes):
+    # The router call that our own deadline ends is not "router unreachable": the reason is
+    # the last thing that kept the request from a worker.
+    fakes.router_script = ["none", "hang"]
+    async with client(fakes) as c:
+        with pytest.raises(CallTimeout) as info:
+            await c.generate({"workflow_json": GRAPH}, deadline_s=1.0)
+    assert "no worker ready" in info.value.reason
+    assert len(fakes.routes) == 2 and fakes.calls == []
 
 
 async def test_failures_raise_typed_errors_and_are_not_retried(fakes):
