@@ -125,10 +125,15 @@ def _check_installed() -> None:
 
 def run(args: argparse.Namespace) -> int:
     logs.setup(args.log_level)
+    return asyncio.run(run_async(args))
+
+
+async def run_async(args: argparse.Namespace) -> int:
+    """The whole command in a running loop (tests await it); the exit status."""
     try:
         _check_installed()
         if args.compare:
-            return _compare(args)
+            return await asyncio.to_thread(_compare, args)
         if not args.workflow or not args.target:
             raise UsageError("give a WORKFLOW_OR_TEMPLATE and at least one --target (or --compare RUN_A RUN_B)")
         if args.requests < 1 or (args.concurrency is not None and args.concurrency < 1) or (
@@ -136,9 +141,9 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--requests and --concurrency must be at least 1, --rate above 0")
         if len(set(args.target)) != len(args.target):
             raise UsageError("each --target may be given once")
-        job, workflow_name = load_job(args.workflow)
+        job, workflow_name = await asyncio.to_thread(load_job, args.workflow)
         prices = parse_prices(args.gpu_price_per_hour, args.target)
-        return asyncio.run(_run(args, job, workflow_name, prices))
+        return await _run(args, job, workflow_name, prices)
     except UsageError as e:
         print(f"comfy-worker loadtest: {e}", file=sys.stderr)
         return 2
