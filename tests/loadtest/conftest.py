@@ -76,7 +76,8 @@ class RunOutput:
 def read_output(code: int, out: Path) -> RunOutput:
     lines = (out / "results.jsonl").read_text().splitlines() if (out / "results.jsonl").exists() else []
     return RunOutput(code, out, [json.loads(x) for x in lines if x.strip()],
-                     json.loads((out / "stats.json").read_text()), json.loads((out / "run.json").read_text()))
+                     json.loads((out / "stats.json").read_text()),
+                     json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {})
 
 
 @pytest.fixture

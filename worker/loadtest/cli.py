@@ -219,11 +219,12 @@ async def _run(args: argparse.Namespace, job: dict[str, Any], workflow_name: str
                 bar.set_postfix(sent=p.sent, done=p.done, failed=p.failed, refresh=True)
 
             try:
-                async with target:
-                    records += await TargetRun(target, job, load, results, Progress(on_change=show)).run(stop)
+                records += await TargetRun(target, job, load, results, Progress(on_change=show)).run(stop)
             finally:
                 bar.close()
     finally:
+        for target in targets:
+            await target.aclose()
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 loop.remove_signal_handler(sig)

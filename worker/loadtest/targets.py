@@ -54,8 +54,9 @@ class Target(abc.ABC):
 
     kind: str
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, **session_kw: Any) -> None:
         self.name = name
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None), **session_kw)
 
     async def __aenter__(self) -> "Target":
         return self
@@ -67,7 +68,7 @@ class Target(abc.ABC):
     async def call(self, job: dict[str, Any], deadline_s: float) -> Outcome: ...
 
     async def aclose(self) -> None:
-        return None
+        await self._session.close()
 
 
 # ---- vast: ------------------------------------------------------------------------------
@@ -113,11 +114,9 @@ class VastTarget(Target):
     kind = "vast"
 
     def __init__(self, name: str, endpoint: str, api_key: str, router_url: str) -> None:
-        super().__init__(name)
+        super().__init__(name, trace_configs=[_trace_config()])
         from worker.client import WorkerClient
 
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None),
-                                              trace_configs=[_trace_config()])
         self._client = WorkerClient(endpoint, api_key, router_url=router_url, session=self._session)
 
     async def call(self, job: dict[str, Any], deadline_s: float) -> Outcome:
@@ -159,7 +158,7 @@ class VastTarget(Target):
 
     async def aclose(self) -> None:
         await self._client.aclose()
-        await self._session.close()
+        await super().aclose()
 
 
 # ---- bridge: ----------------------------------------------------------------------------
@@ -180,7 +179,6 @@ class BridgeTarget(Target):
     def __init__(self, name: str, url: str) -> None:
         super().__init__(name)
         self.url = url.rstrip("/")
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
 
     async def call(self, job: dict[str, Any], deadline_s: float) -> Outcome:
         try:
@@ -231,11 +229,9 @@ class RunPodTarget(Target):
 
     def __init__(self, name: str, endpoint_id: str, api_key: str, base_url: str = DEFAULT_RUNPOD_URL,
                  poll_s: float = 1.0) -> None:
-        super().__init__(name)
+        super().__init__(name, headers={"Authorization": f"Bearer {api_key}"})
         self.base = f"{base_url.rstrip('/')}/v2/{endpoint_id}"
         self.poll_s = poll_s
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None),
-                                              headers={"Authorization": f"Bearer {api_key}"})
 
     @staticmethod
     def job_input(job: dict[str, Any]) -> dict[str, Any]:
@@ -312,9 +308,6 @@ class RunPodTarget(Target):
         size = sum(b64_size(i["data"]) for i in images if i.get("type", "base64") == "base64" and i.get("data"))
         return Outcome(status="success", http_status=200, timings=timings, worker=worker, outputs=len(images),
                        output_bytes=size)
-
-    async def aclose(self) -> None:
-        await self._session.close()
 
 
 def parse_target(spec: str, *, router_url: str, api_key: str | None, runpod_url: str,
