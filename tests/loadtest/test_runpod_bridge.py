@@ -62,3 +62,16 @@ async def test_wrong_runpod_key_is_a_clear_failure(platforms, loadtest, workflow
     monkeypatch.setenv("RUNPOD_API_KEY", "wrong")
     run = await loadtest(str(workflow_file), "--target", "runpod:ep123", "--runpod-url", runpod_url, "-n", "2")
     assert {(r["http_status"], r["error_type"], r["retriable"]) for r in run.records} == {(401, "http_401", False)}
+
+
+async def test_open_loop_sends_without_waiting_for_answers(make_comfy_double, make_bridge, loadtest, workflow_file):
+    double = await make_comfy_double(exec_ms=100)
+    bridge = await make_bridge(double.url)
+    run = await loadtest(str(workflow_file), "--target", f"bridge:{bridge.url}", "-n", "15", "--rate", "40",
+                         "--seed", "3")
+    assert run.code == 0 and run.meta["mode"] == "open" and run.meta["rate_per_s"] == 40
+    recs = sorted(run.records, key=lambda r: r["start"])
+    assert len(recs) == 15
+    # Poisson arrivals at 40/s against ~100 ms answers: later requests go out before earlier ones end.
+    assert any(b["start"] < a["end"] for a, b in zip(recs, recs[1:]))
+    assert run.stats[f"bridge:{bridge.url}"]["succeeded"] == 15

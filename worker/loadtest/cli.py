@@ -243,15 +243,17 @@ async def _run(args: argparse.Namespace, job: dict[str, Any], workflow_name: str
 
 
 def _prices_from_workers(meta: Any, records: list[Any]) -> None:
-    """A target without a price given takes the one its workers billed at (cost.usd)."""
+    """A target without a price given takes the one its workers billed at (`cost`)."""
+    from collections import Counter
+
     for t in meta.targets:
         if t.gpu_price_per_hour is not None:
             continue
-        usd = sum(r.cost_usd for r in records if r.target == t.name and r.cost_usd is not None)
-        gpu = sum(r.gpu_seconds or 0.0 for r in records if r.target == t.name and r.cost_usd is not None)
-        if usd > 0 and gpu > 0:
-            t.gpu_price_per_hour = round(usd * 3600.0 / gpu, 4)
-            t.price_source = "the workers' cost.usd (COMFY_WORKER_GPU_PRICE_PER_HOUR)"
+        seen = Counter(r.worker_price_per_hour for r in records
+                       if r.target == t.name and r.worker_price_per_hour is not None)
+        if seen:
+            t.gpu_price_per_hour = seen.most_common(1)[0][0]
+            t.price_source = "the workers' cost (COMFY_WORKER_GPU_PRICE_PER_HOUR)"
 
 
 def _print_headline(figures: dict[str, Any], out: Path) -> None:

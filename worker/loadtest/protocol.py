@@ -43,6 +43,7 @@ class Outcome(BaseModel):
     outputs: int = 0
     output_bytes: int = 0
     cost_usd: float | None = Field(default=None, description="the worker's own `cost.usd`, when it sent one")
+    worker_price_per_hour: float | None = Field(default=None, description="the price that `cost.usd` used")
 
 
 class RequestRecord(Outcome):

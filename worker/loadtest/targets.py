@@ -48,6 +48,16 @@ def _timings(data: Any) -> WorkerTimings | None:
     return WorkerTimings.model_validate(data) if isinstance(data, dict) else None
 
 
+def _success(result: Any) -> Outcome:
+    """The Outcome of a bridge/worker success answer (a GenerateResponse, maybe with `cost`)."""
+    cost = getattr(result, "cost", None)
+    return Outcome(status="success", http_status=200, timings=_timings(result.timings.model_dump()),
+                   workload=result.workload, outputs=len(result.output),
+                   output_bytes=sum(o.bytes for o in result.output),
+                   cost_usd=cost.usd if cost is not None else None,
+                   worker_price_per_hour=cost.gpu_price_per_hour if cost is not None else None)
+
+
 class Target(abc.ABC):
     """One platform under test. `call` never raises for a failed generation: it answers
     an Outcome with status "failed" and what went wrong."""
@@ -142,11 +152,7 @@ class VastTarget(Target):
             out = Outcome(status="failed", error_type=type(e).__name__, error_message=str(e),
                           retriable=type(e).__name__ != "RouterError")
         else:
-            cost = getattr(result, "cost", None)
-            out = Outcome(status="success", http_status=200, timings=_timings(result.timings.model_dump()),
-                          workload=result.workload, outputs=len(result.output),
-                          output_bytes=sum(o.bytes for o in result.output),
-                          cost_usd=cost.usd if cost is not None else None)
+            out = _success(result)
         finally:
             _trace.reset(token)
         attempts = max(1, len(trace.worker_calls))
@@ -199,10 +205,9 @@ class BridgeTarget(Target):
             except ValueError as e:
                 return Outcome(status="failed", http_status=200, error_type="bad_response", error_message=str(e),
                                retriable=False, worker=self.url)
-            return Outcome(status="success", http_status=200, timings=_timings(result.timings.model_dump()),
-                           workload=result.workload, outputs=len(result.output), worker=self.url,
-                           output_bytes=sum(o.bytes for o in result.output),
-                           cost_usd=result.cost.usd if result.cost is not None else None)
+            out = _success(result)
+            out.worker = self.url
+            return out
         try:
             import json
 
