@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import base64
 import contextvars
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +29,8 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 from yarl import URL
 
 from comfy_bridge.errors import BridgeError
+from worker.client import CallError, CallTimeout, WorkerClient, WorkerHTTPError
+from worker.cost import PricedResponse
 from worker.loadtest.protocol import Outcome, WorkerTimings
 
 DEFAULT_RUNPOD_URL = "https://api.runpod.ai"
@@ -125,13 +127,9 @@ class VastTarget(Target):
 
     def __init__(self, name: str, endpoint: str, api_key: str, router_url: str) -> None:
         super().__init__(name, trace_configs=[_trace_config()])
-        from worker.client import WorkerClient
-
         self._client = WorkerClient(endpoint, api_key, router_url=router_url, session=self._session)
 
     async def call(self, job: dict[str, Any], deadline_s: float) -> Outcome:
-        from worker.client import CallError, CallTimeout, WorkerHTTPError
-
         trace = _CallTrace()
         token = _trace.set(trace)
         try:
@@ -197,8 +195,6 @@ class BridgeTarget(Target):
         except aiohttp.ClientError as e:
             return Outcome(status="failed", error_type=type(e).__name__, error_message=str(e), retriable=True,
                            worker=self.url)
-        from worker.cost import PricedResponse
-
         if status == 200:
             try:
                 result = PricedResponse.model_validate_json(raw)
@@ -209,8 +205,6 @@ class BridgeTarget(Target):
             out.worker = self.url
             return out
         try:
-            import json
-
             body = json.loads(raw) if raw else None
         except ValueError:
             body = None
