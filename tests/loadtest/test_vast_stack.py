@@ -95,3 +95,21 @@ async def test_fifty_requests_with_injected_failures(stack, loadtest, tmp_path: 
     html = (run.out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4
     assert "Local run" in run.report and run.meta["local"] is True
+
+
+async def test_cold_start_waits_are_counted(emulator, double, start_worker, loadtest, workflow_file):
+    import asyncio
+
+    # The run starts before any worker exists: the router answers "no worker ready" until
+    # the worker has benchmarked, and the client polls with the request's place kept.
+    run_task = asyncio.create_task(loadtest(str(workflow_file), "--target", "vast:test-endpoint", "--router",
+                                            emulator.url, "--api-key", "test-key", "-n", "4", "-c", "2"))
+    worker = await start_worker(double)
+    await worker.wait_ready()
+    run = await run_task
+    assert run.code == 0
+    s = run.stats["vast:test-endpoint"]
+    assert s["succeeded"] == 4 and s["cold_waits"] >= 2 and s["no_worker_ready_polls"] >= 2
+    assert s["retries_by_reason"]["no worker ready"] == s["no_worker_ready_polls"]
+    assert s["attempts"] == 4
+    assert "| cold waits: requests / 'no worker ready' polls | " in run.report
