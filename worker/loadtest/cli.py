@@ -50,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "Vast's is https://run.vast.ai)")
     p.add_argument("--api-key", default=os.environ.get("VAST_API_KEY", "local"),
                    help="vast: API key (default VAST_API_KEY or 'local')")
+    p.add_argument("--vast-api-url",
+                   help="vast: where to look up the workers' $/hour (default https://console.vast.ai unless the "
+                        "router is on loopback); used for targets without --gpu-price-per-hour")
     p.add_argument("--runpod-url", default=os.environ.get("RUNPOD_API_URL", "https://api.runpod.ai"),
                    help="runpod: API base (default RUNPOD_API_URL or https://api.runpod.ai)")
     p.add_argument("--gpu-price-per-hour", action="append", default=[], metavar="[TARGET=]PRICE",
@@ -233,6 +236,7 @@ async def _run(args: argparse.Namespace, job: dict[str, Any], workflow_name: str
         meta.ended = time.time()
         meta.interrupted = stop.is_set()
         _prices_from_workers(meta, records)
+        await _prices_from_vast(args, meta, records)
         write_meta(out, meta)
         figures = await asyncio.to_thread(report.build, [("", Run(meta=meta, records=records))], out)
         (out / "stats.json").write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
@@ -254,6 +258,28 @@ def _prices_from_workers(meta: Any, records: list[Any]) -> None:
         if seen:
             t.gpu_price_per_hour = seen.most_common(1)[0][0]
             t.price_source = "the workers' cost (COMFY_WORKER_GPU_PRICE_PER_HOUR)"
+
+
+async def _prices_from_vast(args: argparse.Namespace, meta: Any, records: list[Any]) -> None:
+    """A vast: target still without a price takes the Vast API's dph_total of its workers,
+    averaged over the requests they answered."""
+    from worker.loadtest.vast_prices import DEFAULT_VAST_API, PriceLookupError, worker_prices
+
+    api_url = args.vast_api_url or (None if any(h in args.router for h in _LOOPBACK) else DEFAULT_VAST_API)
+    for t in meta.targets:
+        if t.kind != "vast" or t.gpu_price_per_hour is not None or api_url is None:
+            continue
+        answered = [r.worker for r in records if r.target == t.name and r.worker and r.status != "cancelled"]
+        if not answered:
+            continue
+        try:
+            prices = await worker_prices(args.api_key, sorted(set(answered)), api_url)
+        except PriceLookupError as e:
+            t.price_source = f"none: {e}"
+            continue
+        priced = [prices[w] for w in answered if w in prices]
+        t.gpu_price_per_hour = round(sum(priced) / len(priced), 6)
+        t.price_source = f"Vast API dph_total of {len(prices)} worker(s), weighted by requests"
 
 
 def _print_headline(figures: dict[str, Any], out: Path) -> None:

@@ -57,7 +57,7 @@ _ROWS: list[tuple[str, Callable[[TargetStats], str]]] = [
     ("GPU-seconds (sum of execution)", lambda s: _f(s.gpu_seconds, 3)),
     ("GPU-seconds per image", lambda s: _f(s.gpu_seconds_per_image, 4)),
     ("fleet seconds (per worker first send to last answer)", lambda s: _f(s.fleet_seconds, 2)),
-    ("GPU price ($/h)", lambda s: "-" if s.price_per_hour is None
+    ("GPU price ($/h)", lambda s: (f"- ({s.price_source})" if s.price_source else "-") if s.price_per_hour is None
      else f"{s.price_per_hour:g} ({s.price_source or 'given'})"),
     ("$ per 1,000 images at GPU time", lambda s: _usd(s.usd_per_1000_gpu)),
     ("$ per 1,000 images at fleet time", lambda s: _usd(s.usd_per_1000_fleet)),
