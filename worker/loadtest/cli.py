@@ -205,9 +205,16 @@ async def _run(args: argparse.Namespace, job: dict[str, Any], workflow_name: str
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():  # a second Ctrl-C: back to the default (KeyboardInterrupt), no report
+            loop.remove_signal_handler(sig)
+        else:
+            print(f"\n{sig.name}: stopping; requests in flight are cancelled, the report is written", file=sys.stderr)
+        stop.set()
+
     try:
-        loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig)
     except (NotImplementedError, RuntimeError):
         pass
     records = []
