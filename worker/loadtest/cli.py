@@ -153,7 +153,6 @@ async def run_async(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from worker.loadtest import report
     from worker.loadtest.protocol import RunFolderError, read_run
 
     runs = []
@@ -166,10 +165,18 @@ def _compare(args: argparse.Namespace) -> int:
     if runs[0][0] == runs[1][0]:
         runs = [(f"A {runs[0][0]}", runs[0][1]), (f"B {runs[1][0]}", runs[1][1])]
     out = args.out or Path(f"loadtest-compare-{_stamp()}")
-    figures = report.build(runs, out)
-    (out / "stats.json").write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    write_report(runs, out)
     print(f"report: {out / 'report.md'}  {out / 'report.html'}")
     return 0
+
+
+def write_report(runs: list[tuple[str, Any]], out: Path) -> dict[str, Any]:
+    """report.md, report.html, the plots and stats.json (the figures, per target)."""
+    from worker.loadtest import report
+
+    figures = report.build(runs, out)
+    (out / "stats.json").write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    return figures
 
 
 def _stamp() -> str:
@@ -179,8 +186,7 @@ def _stamp() -> str:
 async def _run(args: argparse.Namespace, job: dict[str, Any], workflow_name: str, prices: dict[str, float]) -> int:
     from tqdm import tqdm
 
-    from worker.loadtest import report
-    from worker.loadtest.protocol import RESULTS, Run, RunMeta, TargetMeta, write_meta
+    from worker.loadtest.protocol import RESULTS, RequestRecord, Run, RunMeta, TargetMeta, write_meta
     from worker.loadtest.runner import Load, Progress, TargetRun
     from worker.loadtest.targets import TargetSpecError, parse_target
 
@@ -205,6 +211,7 @@ async def _run(args: argparse.Namespace, job: dict[str, Any], workflow_name: str
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
     def on_signal(sig: signal.Signals) -> None:
         if stop.is_set():  # a second Ctrl-C: back to the default (KeyboardInterrupt), no report
             loop.remove_signal_handler(sig)
@@ -217,7 +224,7 @@ async def _run(args: argparse.Namespace, job: dict[str, Any], workflow_name: str
             loop.add_signal_handler(sig, on_signal, sig)
     except (NotImplementedError, RuntimeError):
         pass
-    records = []
+    records: list[RequestRecord] = []
     try:
         for target in targets:
             if stop.is_set():
@@ -244,9 +251,8 @@ async def _run(args: argparse.Namespace, job: dict[str, Any], workflow_name: str
         meta.interrupted = stop.is_set()
         _prices_from_workers(meta, records)
         await _prices_from_vast(args, meta, records)
-        write_meta(out, meta)
-        figures = await asyncio.to_thread(report.build, [("", Run(meta=meta, records=records))], out)
-        (out / "stats.json").write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+        await asyncio.to_thread(write_meta, out, meta)
+        figures = await asyncio.to_thread(write_report, [("", Run(meta=meta, records=records))], out)
     _print_headline(figures, out)
     if meta.interrupted:
         return 130
