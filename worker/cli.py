@@ -6,6 +6,7 @@
     provision       install ComfyUI, custom nodes and models from models_manifest.toml
     check-workflow  check a workflow against a running ComfyUI
     deploy          plan|apply|destroy|status: deploy.toml is the Vast deployment
+    loadtest        latency, failures and $ per 1,000 images across targets, with a report
 
 Each subcommand's flags and logic live in the module that owns it; this file only
 dispatches, so `comfy-worker --help` stays fast (imports are lazy).
@@ -26,6 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "provision": ("comfy_bridge.provision.cli", "install ComfyUI, custom nodes and models"),
     "check-workflow": ("comfy_bridge.provision.check_cli", "check a workflow against a running ComfyUI"),
     "deploy": ("worker.deploy.cli", "deploy.toml as the Vast deployment: plan, apply, destroy, status"),
+    "loadtest": ("worker.loadtest.cli", "measure latency, failures and $ per 1,000 images; write a report"),
 }
 
 

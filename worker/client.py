@@ -46,6 +46,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 
 from comfy_bridge import errors, logs
 from comfy_bridge.jobs.protocol import FailureResponse, GenerateResponse, JobInput
+from worker.cost import PricedResponse
 from worker.workload import WorkloadModel
 
 log = logs.get(__name__)
@@ -329,7 +330,7 @@ class WorkerClient:
             ) from e
         if status == 200:
             try:
-                return GenerateResponse.model_validate_json(data)
+                return PricedResponse.model_validate_json(data)  # a GenerateResponse with `cost`
             except ValidationError as e:
                 raise CallError(f"worker {url} answered 200 with an unexpected body: {e}") from e
         if status == 429:

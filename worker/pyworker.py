@@ -11,8 +11,8 @@ piece of the configuration answers the issue:
   benchmark measures max_perf in.
 - benchmark_config: a few generations of a configurable workflow with fresh seeds
   (worker/benchmark.py), not the framework's default 8 x 10.
-- response relay: passes the bridge's status and body through unchanged (streamed), and
-  notes the status so a failed generation is reported as an error (honest_metrics.py);
+- response relay: passes the bridge's status and body through (streamed; a success gains
+  `cost`, worker/cost.py), and notes the status so a failed generation is reported as an error (honest_metrics.py);
   a `comfyui_unrecoverable` failure errors the worker so Vast replaces it.
 - lifecycle: readiness and health (lifecycle.py), instead of scraping ComfyUI's log.
 - body cap: bodies over COMFY_WORKER_MAX_BODY_BYTES get 413 before the framework reads
@@ -30,6 +30,7 @@ from vastai.serverless.server import worker as vast
 
 from comfy_bridge import logs
 from worker import benchmark, body_cap, honest_metrics
+from worker.cost import CostSplicer
 from worker.lifecycle import WorkerLifecycle
 from worker.settings import WorkerSettings
 from worker.workload import WorkloadModel
@@ -42,8 +43,10 @@ _CHUNK = 256 * 1024
 
 def make_relay(
     lifecycle: WorkerLifecycle | None = None,
+    gpu_price_per_hour: float | None = None,
 ) -> Callable[[web.Request, ClientResponse], Awaitable[web.StreamResponse]]:
-    """The response generator: the bridge's answer, status and body, to the caller."""
+    """The response generator: the bridge's answer, status and body, to the caller;
+    a success gains `cost` (worker/cost.py)."""
 
     async def relay(client_request: web.Request, model_response: ClientResponse) -> web.StreamResponse:
         status = model_response.status
@@ -55,11 +58,12 @@ def make_relay(
                 _watch_failure(body, lifecycle)
                 return web.Response(body=body, status=status, headers={"Content-Type": content_type})
             resp = web.StreamResponse(status=status, headers={"Content-Type": content_type})
-            if model_response.content_length is not None:
-                resp.content_length = model_response.content_length
+            splicer = CostSplicer(gpu_price_per_hour)  # the body grows: no Content-Length
             await resp.prepare(client_request)
             async for chunk in model_response.content.iter_chunked(_CHUNK):
-                await resp.write(chunk)
+                if out := splicer.feed(chunk):
+                    await resp.write(out)
+            await resp.write(splicer.finish())
             await resp.write_eof()
             return resp
         finally:
@@ -105,7 +109,7 @@ def build_worker(
             concurrency=settings.benchmark_concurrency,
             do_warmup=settings.benchmark_warmup,
         ),
-        response_generator=make_relay(lifecycle),
+        response_generator=make_relay(lifecycle, settings.gpu_price_per_hour),
     )
     config = vast.WorkerConfig(
         model_server_url="http://127.0.0.1",

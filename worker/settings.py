@@ -41,6 +41,8 @@ class WorkerSettings(BaseSettings):
 
     request_units: float = Field(default=REQUEST_UNITS, ge=0)
     default_units: float = Field(default=DEFAULT_UNITS, gt=0)
+    # $/hour of this worker's GPU: answers then carry cost.usd (worker/cost.py).
+    gpu_price_per_hour: float | None = Field(default=None, ge=0)
 
     # Readiness: node classes and model files ("checkpoints/x.safetensors") that must
     # exist besides those the benchmark workflow uses. Comma-separated or a JSON list.

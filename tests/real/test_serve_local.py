@@ -154,6 +154,18 @@ def test_serve_local_then_call_saves_a_png_and_sigterm_stops_everything(tmp_path
         # install, and the bridge found it there: it removes the request's folder once
         # delivered (in the background, so wait for it, boundedly).
         assert (layout.base / "output" / "cvw").is_dir()
+        assert response["cost"]["gpu_seconds"] == round(response["timings"]["execution_ms"] / 1000, 4)
+
+        # `comfy-worker loadtest` through the same stack: a report whose figures come from results.jsonl.
+        report = tmp_path / "loadtest"
+        done = subprocess.run([*_cli(), "loadtest", str(BENCHMARK), "--target", "vast:local", "--router", router,
+                               "-n", "6", "-c", "2", "--out", str(report)],
+                              cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+        records = [json.loads(x) for x in (report / "results.jsonl").read_text().splitlines()]
+        figures = json.loads((report / "stats.json").read_text())["vast:local"]
+        assert len(records) == figures["succeeded"] == 6 and "Local run" in (report / "report.md").read_text()
+        assert figures["gpu_seconds"] == pytest.approx(sum(r["timings"]["execution_ms"] for r in records) / 1000)
         for _ in range(100):
             left = list((layout.base / "output").rglob("*.png"))
             if not left:

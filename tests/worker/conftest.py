@@ -135,7 +135,7 @@ async def start_worker(
 
     async def start(double: ComfyDouble | None, *, comfyui_url: str | None = None,
                     benchmark: dict[str, Any] | None = None, args: list[str] | None = None,
-                    **settings: Any) -> WorkerProc:
+                    public_port: int | None = None, **settings: Any) -> WorkerProc:
         n = len(procs)
         cwd = tmp_path / f"worker{n}"
         cwd.mkdir()
@@ -143,6 +143,8 @@ async def start_worker(
         bench.write_text(json.dumps(benchmark or sd15_graph()))
         port = free_port()
         env = vast_env(dict(os.environ), report_addr=emulator.url, port=port, container_id=100 + n)
+        if public_port is not None:  # Vast's port mapping: the worker is reached (and reports itself) there
+            env[f"VAST_TCP_PORT_{port}"] = str(public_port)
         env.update({
             "COMFY_WORKER_STATE_DIR": str(cwd / "state"),
             "COMFY_WORKER_BENCHMARK_WORKFLOW": str(bench),
