@@ -18,6 +18,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = ROOT / "pyproject.toml"
 OWN = {"comfy_bridge", "worker"}
+# Folders whose commands run off the worker (a laptop, a backend) and so take their
+# imports from an extra, kept out of the image: folder -> extra.
+EXTRA_FOLDERS = {"worker/loadtest": "loadtest"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -35,11 +38,23 @@ def runtime_deps() -> set[str]:
     return {req_name(r) for r in tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]}
 
 
-def imported_modules() -> dict[str, str]:
-    """Top-level third-party module -> a file importing it (function-level imports included)."""
+def extra_deps(extra: str) -> set[str]:
+    return {req_name(r) for r in tomllib.loads(PYPROJECT.read_text())["project"]["optional-dependencies"][extra]}
+
+
+def _folder_extra(path: Path) -> str | None:
+    rel = path.relative_to(ROOT).as_posix()
+    return next((e for folder, e in EXTRA_FOLDERS.items() if rel.startswith(folder + "/")), None)
+
+
+def imported_modules(extra: str | None = None) -> dict[str, str]:
+    """Top-level third-party module -> a file importing it (function-level imports included),
+    in the worker itself (extra None) or in the folders served by `extra`."""
     found: dict[str, str] = {}
     for pkg in OWN:
         for path in sorted((ROOT / pkg).rglob("*.py")):
+            if _folder_extra(path) != extra:
+                continue
             for node in ast.walk(ast.parse(path.read_text(), str(path))):
                 if isinstance(node, ast.Import):
                     names = [a.name for a in node.names]
@@ -74,11 +89,21 @@ def test_every_runtime_dependency_is_imported_by_the_worker():
     assert not unused, f"runtime dependencies nothing in comfy_bridge/ or worker/ imports: {sorted(unused)}"
 
 
+def _provided(deps: set[str]) -> set[str]:
+    return deps | {r for d in deps for r in requirements_of(d)}
+
+
 def test_every_import_is_provided_by_a_declared_dependency():
-    deps = runtime_deps()
-    provided = deps | {r for d in deps for r in requirements_of(d)}
+    provided = _provided(runtime_deps())
     missing = {m: f for m, f in imported_modules().items() if not distributions_of(m) & provided}
     assert not missing, f"imported but not provided by a runtime dependency: {missing}"
+
+
+def test_commands_off_the_worker_import_only_the_runtime_set_and_their_extra():
+    for extra in sorted(set(EXTRA_FOLDERS.values())):
+        provided = _provided(runtime_deps() | extra_deps(extra))
+        missing = {m: f for m, f in imported_modules(extra).items() if not distributions_of(m) & provided}
+        assert not missing, f"imported but not provided by the runtime set or the {extra!r} extra: {missing}"
 
 
 def test_every_dependency_line_has_a_reason_comment():
