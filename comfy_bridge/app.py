@@ -22,6 +22,7 @@ from comfy_bridge.errors import ComfyUnavailable, ComfyUnrecoverable
 from comfy_bridge.inputs import InputStager
 from comfy_bridge.jobs.api_router import BridgeRoutes
 from comfy_bridge.jobs.serving import JobRunner, Picker
+from comfy_bridge.jobs.streaming import StreamRoute
 from comfy_bridge.settings import BridgeSettings
 from comfy_bridge.templates import TemplateStore
 from comfy_bridge.templates import api_router as template_routes
@@ -74,7 +75,9 @@ def build_app(
     app[RUNNER_KEY] = runner
     if supervisor is not None:
         app[SUPERVISOR_KEY] = supervisor
-    BridgeRoutes(runner, client, settings.max_body_bytes, metrics).register(app)
+    routes = BridgeRoutes(runner, client, settings.max_body_bytes, metrics)
+    routes.register(app)
+    StreamRoute(routes).register(app)
     template_routes.add_routes(app, templates)
     obs.add_routes(app, metrics)
 

@@ -83,6 +83,11 @@ class BridgeSettings(BaseSettings):
     comfyui_start_timeout_s: float = Field(default=300.0, gt=0)
     # SIGTERM: seconds in-flight requests get to finish before cleanup and exit.
     shutdown_grace_s: float = Field(default=30.0, ge=0)
+    # POST /generate/stream (comfy_bridge/jobs/streaming.py): a comment line after this
+    # many silent seconds; at most one latent preview per interval, downscaled to max_px.
+    stream_keepalive_s: float = Field(default=15.0, gt=0)
+    stream_preview_interval_s: float = Field(default=1.0, ge=0)
+    stream_preview_max_px: int = Field(default=256, ge=16, le=2048)
 
     s3: S3Settings = Field(default_factory=S3Settings)
 

@@ -30,6 +30,9 @@ from comfy_bridge.errors import BridgeError, ComfyUnavailable, DeliveryFailed
 log = logs.get(__name__)
 
 ProgressCallback = Callable[[ev.Event], None]
+# A subscriber to one prompt's messages (comfy_bridge/jobs/streaming.py): its text events,
+# its binary frames (previews), and every `status` broadcast (the queue moved).
+EventListener = Callable[[ev.Event | ev.BinaryFrame], None]
 
 
 @dataclass
@@ -120,6 +123,7 @@ class ComfyClient:
         self._background: set[asyncio.Task[Any]] = set()
         # ComfyUI's own queue length (every client's prompts) from its `status` broadcasts.
         self._queue_remaining: int | None = None
+        self._listeners: dict[str, list[EventListener]] = {}
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -264,9 +268,13 @@ class ComfyClient:
         pid = event.prompt_id
         if event.type == ev.STATUS:
             self._note_status(event.data)
+            for pid_listeners in list(self._listeners.values()):
+                self._publish(pid_listeners, event)
             return
         if event.type == ev.EXECUTION_START and pid:
             self._current_prompt = pid
+        if pid in self._listeners:
+            self._publish(self._listeners[pid], event)
         tracker = self._trackers.get(pid) if pid else None
         if tracker is None:
             return
@@ -298,6 +306,8 @@ class ComfyClient:
 
     def _dispatch_binary(self, frame: ev.BinaryFrame) -> None:
         pid = frame.prompt_id or self._current_prompt
+        if pid in self._listeners:
+            self._publish(self._listeners[pid], frame)
         tracker = self._trackers.get(pid) if pid else None
         if tracker is None:
             return
@@ -365,6 +375,30 @@ class ComfyClient:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    # ---- per-prompt subscriptions (the streaming route) ------------------------------------
+
+    def subscribe(self, prompt_id: str, listener: EventListener) -> Callable[[], None]:
+        """Call `listener` with every message of `prompt_id` (and each status broadcast)
+        from the reader task, until the returned function is called. It must not block."""
+        self._listeners.setdefault(prompt_id, []).append(listener)
+
+        def unsubscribe() -> None:
+            listeners = self._listeners.get(prompt_id, [])
+            if listener in listeners:
+                listeners.remove(listener)
+            if not listeners:
+                self._listeners.pop(prompt_id, None)
+
+        return unsubscribe
+
+    @staticmethod
+    def _publish(listeners: list[EventListener], message: ev.Event | ev.BinaryFrame) -> None:
+        for listener in list(listeners):
+            try:
+                listener(message)
+            except Exception:
+                log.exception("event listener failed")
 
     # ---- prompts -----------------------------------------------------------------------
 

@@ -129,17 +129,7 @@ class BridgeRoutes:
         try:
             response = await asyncio.shield(task)
         except asyncio.CancelledError as exc:
-            self._finished(job.request_id, started, exc)
-            # The caller went away. Outputs bound for S3 or a webhook are still wanted;
-            # otherwise stop the prompt so it frees the GPU for someone who is waiting.
-            if select.result_wanted_without_caller(job, self.runner.settings):
-                self.runner.keep(task)  # drained before ComfyUI stops (comfy_bridge/shutdown.py)
-                task.add_done_callback(self._detached_done)
-                log.info("caller left; finishing the request for its s3/webhook destination",
-                         extra={"fields": {"request_id": job.request_id}})
-            else:
-                task.cancel()
-                log.info("caller left; request cancelled", extra={"fields": {"request_id": job.request_id}})
+            self.caller_left(job, task, started, exc)
             raise
         except BridgeError as err:
             self._finished(job.request_id, started, err)
@@ -152,6 +142,19 @@ class BridgeRoutes:
             return error_response(err, job.request_id)
         self._finished(job.request_id, started, None, response)
         return await _write_parts(request, inline.render_parts(response))
+
+    def caller_left(self, job: JobInput, task: asyncio.Task[Any], started: float, exc: BaseException) -> None:
+        """The caller went away. Outputs bound for S3 or a webhook are still wanted;
+        otherwise stop the prompt so it frees the GPU for someone who is waiting."""
+        self._finished(job.request_id, started, exc)
+        if select.result_wanted_without_caller(job, self.runner.settings):
+            self.runner.keep(task)  # drained before ComfyUI stops (comfy_bridge/shutdown.py)
+            task.add_done_callback(self._detached_done)
+            log.info("caller left; finishing the request for its s3/webhook destination",
+                     extra={"fields": {"request_id": job.request_id}})
+        else:
+            task.cancel()
+            log.info("caller left; request cancelled", extra={"fields": {"request_id": job.request_id}})
 
     def _detached_done(self, task: asyncio.Task[Any]) -> None:
         if not task.cancelled() and task.exception() is not None:

@@ -93,6 +93,8 @@ class JobInput(_Model):
     return_outputs_as_base64: bool | None = None
     output: OutputOptions = Field(default_factory=OutputOptions)
     timeout_s: float | None = Field(default=None, gt=0)
+    # POST /generate/stream only: send small JPEG latent previews as `preview` events.
+    previews: bool = False
 
     @field_validator("request_id", mode="before")
     @classmethod

@@ -60,6 +60,20 @@ class TemplateStore(Protocol):
     def expand(self, name: str, modifications: dict[str, Any]) -> dict[str, Any]: ...
 
 
+class PromptWatch(Protocol):
+    def submitted(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class EventSink(Protocol):
+    """Hears of a request's submissions and deliveries (comfy_bridge/jobs/stream_events.py)."""
+
+    def watch(self, prompt_id: str, graph: dict[str, Any]) -> PromptWatch: ...
+
+    def delivered(self, outputs: list[Any]) -> None: ...
+
+
 class WebhookSender(Protocol):
     """Sends a request's result to its webhook in the background (fire and forget)."""
 
@@ -125,11 +139,12 @@ class JobRunner:
         """Wake every waiting prompt with `exc`: the supervisor saw ComfyUI die."""
         return self.client.fail_inflight(exc)
 
-    async def run(self, job: JobInput) -> GenerateResponse:
+    async def run(self, job: JobInput, events: EventSink | None = None) -> GenerateResponse:
+        """`events` (POST /generate/stream) hears of each submission and delivery."""
         self.active += 1
         try:
             with logs.bind(request_id=job.request_id):
-                response = await self._run(job)
+                response = await self._run(job, events)
         except BridgeError as err:
             self._notify(job, functools.partial(failure_body, job.request_id, err))
             raise
@@ -140,7 +155,7 @@ class JobRunner:
 
     # ---- the steps -----------------------------------------------------------------------
 
-    async def _run(self, job: JobInput) -> GenerateResponse:
+    async def _run(self, job: JobInput, events: EventSink | None = None) -> GenerateResponse:
         t0 = time.monotonic()
         timeout_s = min(job.timeout_s or self.settings.default_timeout_s, self.settings.max_timeout_s)
         deadline = t0 + timeout_s
@@ -159,7 +174,7 @@ class JobRunner:
             t_inputs = time.monotonic()
             staged, uploaded = await self._stage(job)
             inputs_ms = (time.monotonic() - t_inputs) * 1000
-            result, out_dir = await self._execute(job, graph, staged, deadline, timeout_s)
+            result, out_dir = await self._execute(job, graph, staged, deadline, timeout_s, events)
             t_out = time.monotonic()
             artifacts = await self._collect(result, out_dir)
             destination = self.picker(job, self.settings)
@@ -167,6 +182,8 @@ class JobRunner:
                 outputs = await destination.deliver(job, artifacts)
             except OSError as exc:  # a full or read-only disk while converting or spooling
                 raise _write_failed(exc, artifacts) from None
+            if events is not None:
+                events.delivered(outputs)
             outputs_ms = (time.monotonic() - t_out) * 1000
         except DeliveryFailed:
             out_dir = ""  # keep the files: they were made and may still be fetched
@@ -217,6 +234,7 @@ class JobRunner:
         staged: dict[str, str],
         deadline: float,
         timeout_s: float,
+        events: EventSink | None = None,
     ) -> tuple[PromptResult, str]:
         """Submit and wait, retrying once per `oom_retries` after POST /free."""
         capture = frozenset(nid for nid, n in graph.items() if n["class_type"] == "SaveImageWebsocket")
@@ -225,15 +243,21 @@ class JobRunner:
             prompt_id = str(uuid.uuid4())
             out_dir = graphs.output_dir(job.request_id, prompt_id)
             prepared = graphs.prepare(graph, out_dir, staged)
+            watch = events.watch(prompt_id, prepared) if events is not None else None
             with logs.bind(prompt_id=prompt_id):
                 try:
                     await self.client.submit(
                         prepared, prompt_id, {"request_id": job.request_id}, capture_nodes=capture
                     )
+                    if watch is not None:
+                        watch.submitted()
                     result = await self._wait(prompt_id, deadline, timeout_s)
                 except BaseException:
                     self._cleanup(out_dir, [])
                     raise
+                finally:
+                    if watch is not None:
+                        watch.close()
                 if result.failure is None:
                     return result, out_dir
                 self._cleanup(out_dir, [])
