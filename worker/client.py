@@ -39,7 +39,7 @@ import ssl as ssl_lib
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, AsyncIterator
 
 import aiohttp
 from pydantic import BaseModel, SecretStr, ValidationError
@@ -311,40 +311,20 @@ class WorkerClient:
             ) as r:
                 status = r.status
                 data = await r.read()
-        except aiohttp.ClientConnectorError as e:
-            raise _Retry(f"worker {url} unreachable: {e}") from e
-        except aiohttp.ConnectionTimeoutError as e:  # connecting timed out: nothing was sent
-            raise _Retry(f"worker {url} did not accept the connection: {e}") from e
-        except asyncio.TimeoutError:
-            raise CallTimeout(f"deadline passed while worker {url} ran the request", "worker busy") from None
-        except aiohttp.ClientError as e:
-            # Sent (or partly sent) and then lost: the worker may be running it.
-            if idempotent:
-                raise _Retry(
-                    f"connection to worker {url} broke ({type(e).__name__}); request_id makes a resend safe"
-                ) from e
-            raise ResultUnknown(
-                f"connection to worker {url} broke after it accepted the request ({type(e).__name__}: {e}); "
-                "not resent, since it may have run: give a request_id to make resends safe",
-                url,
-            ) from e
-        if status == 200:
-            try:
-                return PricedResponse.model_validate_json(data)  # a GenerateResponse with `cost`
-            except ValidationError as e:
-                raise CallError(f"worker {url} answered 200 with an unexpected body: {e}") from e
-        if status == 429:
-            raise _Retry(f"worker {url} queue is full (429)")
-        failure: FailureResponse | None = None
-        try:
-            failure = FailureResponse.model_validate_json(data) if data else None
-        except ValidationError:
-            failure = None
-        if status == 503:
-            raise _Retry(f"worker {url} unavailable (503{': ' + failure.error.message if failure else ''})")
-        if failure is not None:
-            raise failure_error(status, failure)
-        raise WorkerHTTPError(status, data.decode("utf-8", "replace"))
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            raise _lost(e, url, idempotent) from e
+        return _answer(url, status, data)
+
+    async def stream(
+        self, job: dict[str, Any] | JobInput, *, deadline_s: float = 600.0, cost: float | None = None
+    ) -> AsyncIterator[Any]:
+        """The request's live events (comfy_bridge/jobs/stream_protocol.py) through the
+        worker's /generate/stream; the last is a ResultEvent, or the failure is raised as by
+        `generate`. Same routing, retries and deadline (worker/stream_client.py)."""
+        from worker import stream_client
+
+        async for event in stream_client.stream(self, job, deadline_s=deadline_s, cost=cost):
+            yield event
 
     async def _ssl_for(self, url: str) -> ssl_lib.SSLContext | bool | None:
         """Vast workers serve HTTPS with certificates from Vast's own root (USE_SSL=true)."""
@@ -359,6 +339,45 @@ class WorkerClient:
         ctx.verify_flags &= ~ssl_lib.VERIFY_X509_STRICT
         self._worker_ssl = ctx
         return ctx
+
+
+def _lost(e: BaseException, url: str, idempotent: bool) -> Exception:
+    """What a broken or timed-out call to a worker means for a retry."""
+    if isinstance(e, aiohttp.ClientConnectorError):
+        return _Retry(f"worker {url} unreachable: {e}")
+    if isinstance(e, aiohttp.ConnectionTimeoutError):  # connecting timed out: nothing was sent
+        return _Retry(f"worker {url} did not accept the connection: {e}")
+    if isinstance(e, asyncio.TimeoutError):
+        return CallTimeout(f"deadline passed while worker {url} ran the request", "worker busy")
+    # Sent (or partly sent) and then lost: the worker may be running it.
+    if idempotent:
+        return _Retry(f"connection to worker {url} broke ({type(e).__name__}); request_id makes a resend safe")
+    return ResultUnknown(
+        f"connection to worker {url} broke after it accepted the request ({type(e).__name__}: {e}); "
+        "not resent, since it may have run: give a request_id to make resends safe",
+        url,
+    )
+
+
+def _answer(url: str, status: int, data: bytes) -> GenerateResponse:
+    """The worker's JSON answer: the response, or the retry or error its status means."""
+    if status == 200:
+        try:
+            return PricedResponse.model_validate_json(data)  # a GenerateResponse with `cost`
+        except ValidationError as e:
+            raise CallError(f"worker {url} answered 200 with an unexpected body: {e}") from e
+    if status == 429:
+        raise _Retry(f"worker {url} queue is full (429)")
+    failure: FailureResponse | None = None
+    try:
+        failure = FailureResponse.model_validate_json(data) if data else None
+    except ValidationError:
+        failure = None
+    if status == 503:
+        raise _Retry(f"worker {url} unavailable (503{': ' + failure.error.message if failure else ''})")
+    if failure is not None:
+        raise failure_error(status, failure)
+    raise WorkerHTTPError(status, data.decode("utf-8", "replace"))
 
 
 class SyncWorkerClient:

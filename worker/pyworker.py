@@ -1,7 +1,8 @@
 """The Vast PyWorker: `vastai.serverless.server.Worker` configured for ComfyUI.
 
-One route, `/generate/sync`, forwarded to the comfy_bridge app on loopback. How each
-piece of the configuration answers the issue:
+Two routes, `/generate/sync` and `/generate/stream` (Server-Sent Events, relayed by
+stream_relay.py with the same workload units), forwarded to the comfy_bridge app on
+loopback. How each piece of the configuration answers the issue:
 
 - allow_parallel_requests=True: a request goes to the bridge, and so into ComfyUI's queue,
   the moment it arrives; the GPU starts the next prompt while the previous one's outputs
@@ -29,7 +30,7 @@ from aiohttp import ClientResponse, web
 from vastai.serverless.server import worker as vast
 
 from comfy_bridge import logs
-from worker import benchmark, body_cap, honest_metrics
+from worker import benchmark, body_cap, honest_metrics, stream_relay
 from worker.cost import CostSplicer
 from worker.lifecycle import WorkerLifecycle
 from worker.settings import WorkerSettings
@@ -111,10 +112,18 @@ def build_worker(
         ),
         response_generator=make_relay(lifecycle, settings.gpu_price_per_hour),
     )
+    stream_handler = vast.HandlerConfig(
+        route=stream_relay.ROUTE,
+        allow_parallel_requests=settings.parallel_requests,
+        max_queue_time=settings.max_queue_time_s,
+        workload_calculator=workload.payload_units,
+        response_generator=stream_relay.make_stream_relay(
+            make_relay(lifecycle, settings.gpu_price_per_hour), lambda body: _watch_failure(body, lifecycle)),
+    )
     config = vast.WorkerConfig(
         model_server_url="http://127.0.0.1",
         model_server_port=bridge_port,
-        handlers=[handler],
+        handlers=[handler, stream_handler],
         lifecycle=lifecycle,
     )
     level = logging.getLogger().level

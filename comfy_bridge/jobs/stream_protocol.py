@@ -18,6 +18,7 @@ from pydantic_core import to_json
 
 from comfy_bridge.jobs.protocol import FailureResponse, GenerateResponse, OutputFile
 
+ROUTE = "/generate/stream"  # the bridge's route, and the PyWorker's in front of it
 CONTENT_TYPE = "text/event-stream"
 KEEPALIVE = b": keep-alive\n\n"
 

@@ -30,15 +30,12 @@ from comfy_bridge.jobs.stream_events import StreamSink
 
 log = logs.get(__name__)
 
-ROUTE = "/generate/stream"
-
-
 class StreamRoute:
     def __init__(self, routes: BridgeRoutes) -> None:
         self.routes = routes
 
     def register(self, app: web.Application) -> None:
-        app.router.add_post(ROUTE, self.generate_stream)
+        app.router.add_post(sp.ROUTE, self.generate_stream)
 
     async def generate_stream(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()

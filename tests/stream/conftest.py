@@ -13,6 +13,7 @@ import pytest
 from comfy_bridge.jobs import stream_protocol as sp
 from tests.support import Bridge
 from tests.worker.conftest import CKPT, sd15_graph  # noqa: F401 - re-exported for the tests here
+from tests.worker.conftest import double, emulator, start_worker  # noqa: F401 - the PyWorker fixtures
 
 
 @dataclass

@@ -1,0 +1,104 @@
+"""WorkerClient.stream: one request through a worker's `/generate/stream`, as typed events.
+
+Routing, backoff and the deadline are WorkerClient's (worker/client.py). Before the
+stream starts, the same answers are retried as for `generate` (no worker ready, 429,
+503, refused connections). Once events have started to arrive the request is running
+somewhere: a broken stream is resent only when the input carries a `request_id`,
+else ResultUnknown. The last event is a ResultEvent; an `error` event raises the
+comfy_bridge error class it names (503 is retried, as `generate` retries it).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, AsyncIterator
+
+import aiohttp
+from pydantic import ValidationError
+
+from comfy_bridge import logs
+from comfy_bridge.jobs import stream_protocol as sp
+from comfy_bridge.jobs.protocol import JobInput
+from worker.client import (
+    CallError,
+    CallTimeout,
+    WorkerClient,
+    _answer,
+    _lost,
+    _Place,
+    _Retry,
+    failure_error,
+)
+
+log = logs.get(__name__)
+
+
+async def stream(
+    client: WorkerClient, job: dict[str, Any] | JobInput, *, deadline_s: float, cost: float | None
+) -> AsyncIterator[Any]:
+    payload_input, idempotent = client._prepare(job)
+    cost = client.workload.payload_units({"input": payload_input}) if cost is None else cost
+    deadline = time.monotonic() + deadline_s
+    place = _Place()
+    failures = 0
+    with logs.bind(request_id=payload_input.get("request_id")):
+        while True:
+            try:
+                ticket = await client._route_until_ready(cost, place, deadline)
+                async for event in _events(client, ticket, payload_input, deadline, idempotent):
+                    yield event
+                return
+            except _Retry as r:
+                failures += 1
+                log.info("retrying: %s", r.reason)
+                await client._backoff(failures, deadline, r.reason)
+
+
+async def _events(
+    client: WorkerClient, ticket: dict[str, Any], payload_input: dict[str, Any], deadline: float, idempotent: bool
+) -> AsyncIterator[Any]:
+    url = str(ticket["url"]).rstrip("/")
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise CallTimeout("deadline passed before calling a worker", "routing")
+    ssl = await client._ssl_for(url)
+    started = False
+    try:
+        async with client._http().post(
+            f"{url}{sp.ROUTE}",
+            json={"auth_data": ticket, "payload": {"input": payload_input}},
+            timeout=aiohttp.ClientTimeout(total=remaining, sock_connect=min(remaining, client.connect_timeout_s)),
+            ssl=ssl,
+        ) as r:
+            if r.content_type != sp.CONTENT_TYPE:
+                _answer(url, r.status, await r.read())  # raises what a JSON answer means
+                raise CallError(f"worker {url} answered {r.status} without an event stream")
+            decoder = sp.SSEDecoder()
+            async for chunk in r.content.iter_any():
+                for name, data in decoder.feed(chunk):
+                    event = _parse(url, name, data)
+                    if event is None:
+                        continue
+                    started = True
+                    if isinstance(event, sp.ErrorEvent):
+                        if event.http_status == 503:
+                            raise _Retry(f"worker {url} unavailable (503: {event.failure.error.message})")
+                        raise failure_error(event.http_status, event.failure)
+                    yield event
+                    if isinstance(event, sp.ResultEvent):
+                        return
+    except (aiohttp.ClientError, TimeoutError) as e:
+        raise _lost(e, url, idempotent) from e
+    # The stream ended without its final event: the worker or the bridge went away.
+    raise _lost(aiohttp.ServerDisconnectedError(
+        f"stream ended before its result ({'after' if started else 'before'} the first event)"), url, idempotent)
+
+
+def _parse(url: str, name: str, data: str) -> Any:
+    try:
+        return sp.parse(name, data)
+    except (ValueError, ValidationError) as e:
+        if name in sp.FINAL_EVENTS:
+            raise CallError(f"worker {url} sent a {name} event that does not parse: {e}") from e
+        log.warning("skipped an event that does not parse: %s", name)
+        return None
