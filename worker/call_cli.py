@@ -1,7 +1,7 @@
 """`comfy-worker call`: send a workflow through a router to a worker and save the outputs.
 
     comfy-worker call WORKFLOW.json [--out DIR] [--router URL] [--endpoint NAME]
-                      [--api-key KEY] [--deadline S] [--request-id ID]
+                      [--api-key KEY] [--deadline S] [--request-id ID] [--progress]
 
 WORKFLOW.json is an API-format graph, a request `input` object, or a whole
 `{"input": {...}}` payload. The router defaults to the local emulator that
@@ -9,6 +9,8 @@ WORKFLOW.json is an API-format graph, a request `input` object, or a whole
 https://run.vast.ai with your endpoint and API key (or VAST_API_KEY) to call Vast.
 Inline outputs are decoded into --out, outputs with a URL are downloaded there; the
 response (without the base64) is printed as JSON. Exit status: 0 success, 1 failure.
+`--progress` calls the worker's /generate/stream and draws a live progress bar with the
+node being run on stderr (only when stderr is a terminal; worker/progress_bar.py).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="API key (default VAST_API_KEY or 'local')")
     p.add_argument("--deadline", type=float, default=600.0, help="give up after this many seconds (default 600)")
     p.add_argument("--request-id", help="names the outputs; also makes a resend after a lost connection safe")
+    p.add_argument("--progress", action="store_true",
+                   help="stream the request and show a live progress bar on stderr (when it is a terminal)")
     p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -73,7 +77,10 @@ async def _call(args: argparse.Namespace, job: dict[str, Any]) -> int:
 
     async with WorkerClient(args.endpoint, args.api_key, router_url=args.router) as client:
         try:
-            result = await client.generate(job, deadline_s=args.deadline)
+            if args.progress:
+                result = await _streamed(client, job, args.deadline)
+            else:
+                result = await client.generate(job, deadline_s=args.deadline)
         except BridgeError as e:
             body = getattr(e, "response", None)
             status = getattr(e, "http_status", e.status)
@@ -104,3 +111,18 @@ async def _call(args: argparse.Namespace, job: dict[str, Any]) -> int:
         for path in saved:
             print(f"saved {path}", file=sys.stderr)
         return 0
+
+
+async def _streamed(client: Any, job: dict[str, Any], deadline_s: float) -> Any:
+    """The result of client.stream(job), drawing each event on stderr as it arrives."""
+    from worker.progress_bar import ProgressBar
+
+    bar = ProgressBar(sys.stderr)
+    try:
+        async for event in client.stream(job, deadline_s=deadline_s):
+            bar.update(event)
+            if event.event == "result":
+                return event.response
+    finally:
+        bar.close()
+    raise RuntimeError("the stream ended without a result")  # stream() raises before this
