@@ -7,6 +7,7 @@
     check-workflow  check a workflow against a running ComfyUI
     deploy          plan|apply|destroy|status: deploy.toml is the Vast deployment
     loadtest        latency, failures and $ per 1,000 images across targets, with a report
+    mcp             serve workflows as MCP tools to AI agents (stdio or streamable HTTP)
 
 Each subcommand's flags and logic live in the module that owns it; this file only
 dispatches, so `comfy-worker --help` stays fast (imports are lazy).
@@ -28,6 +29,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "check-workflow": ("comfy_bridge.provision.check_cli", "check a workflow against a running ComfyUI"),
     "deploy": ("worker.deploy.cli", "deploy.toml as the Vast deployment: plan, apply, destroy, status"),
     "loadtest": ("worker.loadtest.cli", "measure latency, failures and $ per 1,000 images; write a report"),
+    "mcp": ("worker.mcp.server", "serve workflows as MCP tools (stdio or streamable HTTP)"),
 }
 
 

@@ -70,28 +70,34 @@ async def _events(
             timeout=aiohttp.ClientTimeout(total=remaining, sock_connect=min(remaining, client.connect_timeout_s)),
             ssl=ssl,
         ) as r:
-            if r.content_type != sp.CONTENT_TYPE:
-                _answer(url, r.status, await r.read())  # raises what a JSON answer means
-                raise CallError(f"worker {url} answered {r.status} without an event stream")
-            decoder = sp.SSEDecoder()
-            async for chunk in r.content.iter_any():
-                for name, data in decoder.feed(chunk):
-                    event = _parse(url, name, data)
-                    if event is None:
-                        continue
-                    started = True
-                    if isinstance(event, sp.ErrorEvent):
-                        if event.http_status == 503:
-                            raise _Retry(f"worker {url} unavailable (503: {event.failure.error.message})")
-                        raise failure_error(event.http_status, event.failure)
-                    yield event
-                    if isinstance(event, sp.ResultEvent):
-                        return
+            async for event in read_events(r, url):
+                started = True
+                if isinstance(event, sp.ErrorEvent):
+                    if event.http_status == 503:
+                        raise _Retry(f"worker {url} unavailable (503: {event.failure.error.message})")
+                    raise failure_error(event.http_status, event.failure)
+                yield event
+                if isinstance(event, sp.ResultEvent):
+                    return
     except (aiohttp.ClientError, TimeoutError) as e:
         raise _lost(e, url, idempotent) from e
     # The stream ended without its final event: the worker or the bridge went away.
     raise _lost(aiohttp.ServerDisconnectedError(
         f"stream ended before its result ({'after' if started else 'before'} the first event)"), url, idempotent)
+
+
+async def read_events(r: aiohttp.ClientResponse, url: str) -> AsyncIterator[Any]:
+    """Typed events of an event-stream answer; a JSON answer raises what it means
+    (worker.client._answer), so callers see one shape: events, or an exception."""
+    if r.content_type != sp.CONTENT_TYPE:
+        _answer(url, r.status, await r.read())
+        raise CallError(f"{url} answered {r.status} without an event stream")
+    decoder = sp.SSEDecoder()
+    async for chunk in r.content.iter_any():
+        for name, data in decoder.feed(chunk):
+            event = _parse(url, name, data)
+            if event is not None:
+                yield event
 
 
 def _parse(url: str, name: str, data: str) -> Any:

@@ -200,7 +200,7 @@ class PromptWatch:
 
     async def _preview(self, node: str | None, payload: bytes) -> None:
         try:
-            jpeg = await asyncio.to_thread(_small_jpeg, payload, self.sink.settings.stream_preview_max_px)
+            jpeg = await asyncio.to_thread(small_jpeg, payload, self.sink.settings.stream_preview_max_px)
         except Exception as exc:  # a frame Pillow cannot read: skip it, keep streaming
             log.debug("preview frame skipped: %s", exc)
             return
@@ -210,14 +210,15 @@ class PromptWatch:
             self.sink.emit(PreviewEvent(prompt_id=self.prompt_id, node=node, data=base64.b64encode(jpeg).decode()))
 
 
-def _small_jpeg(payload: bytes, max_px: int) -> bytes:
+def small_jpeg(payload: bytes, max_px: int, quality: int = 75) -> bytes:
+    """Any image Pillow reads, as a JPEG no larger than max_px a side (blocking: use a thread)."""
     from PIL import Image
 
     with Image.open(io.BytesIO(payload)) as img:
         img = img.convert("RGB")
         img.thumbnail((max_px, max_px))
         out = io.BytesIO()
-        img.save(out, "JPEG", quality=75)
+        img.save(out, "JPEG", quality=quality)
     return out.getvalue()
 
 
