@@ -156,3 +156,17 @@ async def test_keepalive_comments_while_silent(make_comfy_double, make_bridge):
     double.release()
     s = await task
     assert s.keepalives >= 2 and s.names[-1] == "result"
+
+
+async def test_a_caller_who_leaves_mid_stream_gets_the_prompt_interrupted(bridge, sampler_double):
+    sampler_double.hang_next_prompt()
+    decoder = sp.SSEDecoder()
+    async with bridge.session.post(bridge.url + sp.ROUTE, json={"input": {"workflow_json": save_graph()}}) as r:
+        async for chunk in r.content.iter_any():
+            if any(name == "started" for name, _ in decoder.feed(chunk)):
+                break  # leave: the connection closes with the body unread
+    while not sampler_double.requests_to("/interrupt", "POST"):
+        await asyncio.sleep(0.01)
+    while bridge.runner.prompts_inflight:
+        await asyncio.sleep(0.01)
+    assert not sampler_double.queue.running
