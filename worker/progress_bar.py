@@ -48,6 +48,8 @@ def render(event: Any) -> str | None:
     if isinstance(event, sp.StartedEvent):
         return f"{_bar(0.0)} started"
     if isinstance(event, sp.ProgressEvent):
+        if event.node is None:
+            return f"{_bar(event.fraction)} every node ran; delivering outputs"
         node = f"node {event.node} ({event.node_type})" if event.node_type else f"node {event.node}"
         step = f" step {event.value:g}/{event.max:g}" if event.value is not None and event.max else ""
         return f"{_bar(event.fraction)} {node}{step}"

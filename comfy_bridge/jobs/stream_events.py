@@ -140,6 +140,8 @@ class PromptWatch:
             node = msg.node
             if node is not None:
                 self.done.add(node)
+        elif kind == ev.EXECUTION_SUCCESS:  # every node ran or came from the cache
+            self.sink.emit(ProgressEvent(prompt_id=self.prompt_id, fraction=1.0))
 
     def _start(self) -> None:
         if self.started:

@@ -93,7 +93,8 @@ FINAL_EVENTS = ("result", "error")
 
 def encode(event: QueuedEvent | StartedEvent | ProgressEvent | PreviewEvent | OutputEvent) -> bytes:
     """One SSE message for an intermediate event (final ones: `encode_final`)."""
-    return b"event: " + event.event.encode() + b"\ndata: " + to_json(event.model_dump(exclude_none=True)) + b"\n\n"
+    data = to_json(event.model_dump(exclude_none=True, exclude={"event"}))
+    return b"event: " + event.event.encode() + b"\ndata: " + data + b"\n\n"
 
 
 def encode_error(body: dict[str, Any], http_status: int) -> bytes:

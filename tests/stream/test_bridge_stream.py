@@ -31,7 +31,7 @@ async def test_success_streams_queued_started_progress_then_the_sync_body(bridge
     steps = [e for e in s.events if e.event == "progress" and e.value is not None]
     assert [(e.node, e.node_type, e.value, e.max) for e in steps] == [("3", "KSampler", float(v), 4.0) for v in range(1, 5)]
     fractions = [e.fraction for e in s.events if e.event == "progress"]
-    assert fractions == sorted(fractions) and 0 < fractions[-1] < 1
+    assert fractions == sorted(fractions) and 0 < fractions[-2] < 1 and fractions[-1] == 1.0
     result = s.final
     assert isinstance(result, sp.ResultEvent)
     assert result.response.id == "st-1" and result.response.prompt_id == queued.prompt_id
@@ -82,9 +82,9 @@ async def test_cache_hit_reports_only_the_nodes_that_run_and_fresh_files(bridge)
     first = await post_stream(bridge, {"workflow_json": graph})
     second = await post_stream(bridge, {"workflow_json": graph})
     assert _collapse(second.names) == ["queued", "started", "progress", "result"]
-    ran = {e.node for e in second.events if e.event == "progress"}
+    ran = {e.node for e in second.events if e.event == "progress"} - {None}
     assert ran == {"2"}  # EmptyImage came from ComfyUI's cache
-    assert [e.fraction for e in second.events if e.event == "progress"] == [0.5]
+    assert [e.fraction for e in second.events if e.event == "progress"] == [0.5, 1.0]
     assert second.final.response.output[0].data
     assert second.final.response.prompt_id != first.final.response.prompt_id
 
