@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import sys
@@ -118,11 +119,15 @@ async def _streamed(client: Any, job: dict[str, Any], deadline_s: float) -> Any:
     from worker.progress_bar import ProgressBar
 
     bar = ProgressBar(sys.stderr)
+    result = None
     try:
-        async for event in client.stream(job, deadline_s=deadline_s):
-            bar.update(event)
-            if event.event == "result":
-                return event.response
+        async with contextlib.aclosing(client.stream(job, deadline_s=deadline_s)) as events:
+            async for event in events:
+                bar.update(event)
+                if event.event == "result":
+                    result = event.response
     finally:
         bar.close()
-    raise RuntimeError("the stream ended without a result")  # stream() raises before this
+    if result is None:
+        raise RuntimeError("the stream ended without a result")  # stream() raises before this
+    return result

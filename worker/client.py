@@ -323,8 +323,9 @@ class WorkerClient:
         `generate`. Same routing, retries and deadline (worker/stream_client.py)."""
         from worker import stream_client
 
-        async for event in stream_client.stream(self, job, deadline_s=deadline_s, cost=cost):
-            yield event
+        async with contextlib.aclosing(stream_client.stream(self, job, deadline_s=deadline_s, cost=cost)) as events:
+            async for event in events:
+                yield event
 
     async def _ssl_for(self, url: str) -> ssl_lib.SSLContext | bool | None:
         """Vast workers serve HTTPS with certificates from Vast's own root (USE_SSL=true)."""

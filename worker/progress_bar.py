@@ -42,21 +42,30 @@ class ProgressBar:
 
 def render(event: Any) -> str | None:
     """The progress line an event shows, or None for events that change nothing."""
+    text = describe(event)
+    if text is None or isinstance(event, sp.QueuedEvent):
+        return text
+    fraction = event.fraction if isinstance(event, sp.ProgressEvent) else 0.0 if isinstance(event, sp.StartedEvent) else 1.0
+    return f"{_bar(fraction)} {text}"
+
+
+def describe(event: Any) -> str | None:
+    """What an event says, in words (also the MCP server's progress messages)."""
     if isinstance(event, sp.QueuedEvent):
         ahead = "?" if event.position is None else str(event.position)
         return f"queued: {ahead} ahead in ComfyUI's queue"
     if isinstance(event, sp.StartedEvent):
-        return f"{_bar(0.0)} started"
+        return "started"
     if isinstance(event, sp.ProgressEvent):
         if event.node is None:
-            return f"{_bar(event.fraction)} every node ran; delivering outputs"
+            return "every node ran; delivering outputs"
         node = f"node {event.node} ({event.node_type})" if event.node_type else f"node {event.node}"
         step = f" step {event.value:g}/{event.max:g}" if event.value is not None and event.max else ""
-        return f"{_bar(event.fraction)} {node}{step}"
+        return f"{node}{step}"
     if isinstance(event, sp.OutputEvent):
-        return f"{_bar(1.0)} delivered {event.output.filename}"
+        return f"delivered {event.output.filename}"
     if isinstance(event, sp.ResultEvent):
-        return f"{_bar(1.0)} done in {event.response.timings.total_ms / 1000:.1f}s"
+        return f"done in {event.response.timings.total_ms / 1000:.1f}s"
     return None
 
 

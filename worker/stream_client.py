@@ -10,6 +10,7 @@ comfy_bridge error class it names (503 is retried, as `generate` retries it).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any, AsyncIterator
 
@@ -41,17 +42,20 @@ async def stream(
     deadline = time.monotonic() + deadline_s
     place = _Place()
     failures = 0
-    with logs.bind(request_id=payload_input.get("request_id")):
-        while True:
-            try:
-                ticket = await client._route_until_ready(cost, place, deadline)
-                async for event in _events(client, ticket, payload_input, deadline, idempotent):
+    # No logs.bind here: a context variable set in an async generator cannot be reset
+    # when the generator is closed from another context (a caller that stops early).
+    fields = {"request_id": payload_input.get("request_id")}
+    while True:
+        try:
+            ticket = await client._route_until_ready(cost, place, deadline)
+            async with contextlib.aclosing(_events(client, ticket, payload_input, deadline, idempotent)) as events:
+                async for event in events:
                     yield event
-                return
-            except _Retry as r:
-                failures += 1
-                log.info("retrying: %s", r.reason)
-                await client._backoff(failures, deadline, r.reason)
+            return
+        except _Retry as r:
+            failures += 1
+            log.info("retrying: %s", r.reason, extra={"fields": fields})
+            await client._backoff(failures, deadline, r.reason)
 
 
 async def _events(
@@ -70,15 +74,16 @@ async def _events(
             timeout=aiohttp.ClientTimeout(total=remaining, sock_connect=min(remaining, client.connect_timeout_s)),
             ssl=ssl,
         ) as r:
-            async for event in read_events(r, url):
-                started = True
-                if isinstance(event, sp.ErrorEvent):
-                    if event.http_status == 503:
-                        raise _Retry(f"worker {url} unavailable (503: {event.failure.error.message})")
-                    raise failure_error(event.http_status, event.failure)
-                yield event
-                if isinstance(event, sp.ResultEvent):
-                    return
+            async with contextlib.aclosing(read_events(r, url)) as events:
+                async for event in events:
+                    started = True
+                    if isinstance(event, sp.ErrorEvent):
+                        if event.http_status == 503:
+                            raise _Retry(f"worker {url} unavailable (503: {event.failure.error.message})")
+                        raise failure_error(event.http_status, event.failure)
+                    yield event
+                    if isinstance(event, sp.ResultEvent):
+                        return
     except (aiohttp.ClientError, TimeoutError) as e:
         raise _lost(e, url, idempotent) from e
     # The stream ended without its final event: the worker or the bridge went away.

@@ -11,6 +11,7 @@ bridge itself (`GET /workflows`, `POST /generate/stream`).
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, AsyncIterator, Protocol
 
@@ -42,8 +43,9 @@ class RouterBackend:
         return self.store.list()
 
     async def stream(self, job: dict[str, Any], deadline_s: float) -> AsyncIterator[Any]:
-        async for event in self.client.stream(job, deadline_s=deadline_s):
-            yield event
+        async with contextlib.aclosing(self.client.stream(job, deadline_s=deadline_s)) as events:
+            async for event in events:
+                yield event
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -74,12 +76,13 @@ class BridgeBackend:
         try:
             async with self._http().post(f"{self.url}{sp.ROUTE}", json={"input": job},
                                          timeout=aiohttp.ClientTimeout(total=deadline_s)) as r:
-                async for event in read_events(r, self.url):
-                    if isinstance(event, sp.ErrorEvent):
-                        raise failure_error(event.http_status, event.failure)
-                    yield event
-                    if isinstance(event, sp.ResultEvent):
-                        return
+                async with contextlib.aclosing(read_events(r, self.url)) as events:
+                    async for event in events:
+                        if isinstance(event, sp.ErrorEvent):
+                            raise failure_error(event.http_status, event.failure)
+                        yield event
+                        if isinstance(event, sp.ResultEvent):
+                            return
         except _Retry as r:  # 429/503 from the bridge: there is no other worker to try
             raise ComfyUnavailable(f"{r.reason}; retry shortly") from None
         except (aiohttp.ClientError, TimeoutError) as exc:

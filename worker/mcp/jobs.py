@@ -11,6 +11,7 @@ agent's timeout, and a finished job's result stays available for a while.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from comfy_bridge.jobs import stream_protocol as sp
 from worker.client import CallError
 from worker.mcp import tools
 from worker.mcp.backend import Backend
-from worker.progress_bar import render
+from worker.progress_bar import describe
 
 log = logs.get(__name__)
 
@@ -66,14 +67,15 @@ class JobStore:
     async def _run(self, job: Job, job_input: dict[str, Any]) -> types.CallToolResult:
         deadline_s = float(job_input.get("timeout_s") or self.deadline_s) + 60.0
         try:
-            async for event in self.backend.stream(job_input, deadline_s):
-                job.last = event
-                for listener in list(job.listeners):
-                    listener(event)
-                if isinstance(event, sp.ResultEvent):
-                    if self._http is None:
-                        self._http = aiohttp.ClientSession()
-                    return await tools.result_content(event.response, self._http, self.image_cap_bytes)
+            async with contextlib.aclosing(self.backend.stream(job_input, deadline_s)) as events:
+                async for event in events:
+                    job.last = event
+                    for listener in list(job.listeners):
+                        listener(event)
+                    if isinstance(event, sp.ResultEvent):
+                        if self._http is None:
+                            self._http = aiohttp.ClientSession()
+                        return await tools.result_content(event.response, self._http, self.image_cap_bytes)
             return tools.error_result(f"request {job.id}: the stream ended without a result")
         except BridgeError as err:
             status = getattr(err, "http_status", err.status)
@@ -130,7 +132,7 @@ async def _report(report: Reporter | None, event: Any, sent: float) -> float:
         return sent
     fraction = getattr(event, "fraction", None)
     value = 100.0 * fraction if isinstance(fraction, float) else max(sent, 0.0)
-    message = render(event)
+    message = describe(event)
     if message is None or value <= sent:
         return sent
     try:
@@ -141,7 +143,7 @@ async def _report(report: Reporter | None, event: Any, sent: float) -> float:
 
 
 def _handle(job: Job, waited_s: float) -> types.CallToolResult:
-    last = render(job.last) if job.last is not None else "submitted"
+    last = (describe(job.last) if job.last is not None else None) or "submitted"
     text = (f"The generation is still running after {waited_s:g}s ({last}). Nothing is lost: "
             f"call get_result with job_id={job.id!r} to wait for it again.")
     return types.CallToolResult(content=[types.TextContent(text=text)],
