@@ -46,20 +46,27 @@ async def test_stream_through_the_pyworker_arrives_while_the_prompt_runs(start_w
     done = await w.wait_deleted(lambda d: d["request_idx"] == body["auth_data"]["request_idx"])
     assert done["success"] is True
 
-
-async def test_unsigned_stream_is_refused_like_sync(start_worker, double):
-    w = await start_worker(double)
-    await w.wait_ready()
-    body = w.signed({"workflow_json": sd15_graph()})
-    body["auth_data"]["signature"] = body["auth_data"]["signature"][:-8] + "AAAAAAA="
+    # Signed like /generate/sync: a forged signature gets the framework's 401.
+    forged = w.signed({"workflow_json": sd15_graph()})
+    forged["auth_data"]["signature"] = forged["auth_data"]["signature"][:-8] + "AAAAAAA="
     async with aiohttp.ClientSession() as s:
-        async with s.post(f"{w.url}/generate/stream", json=body) as r:
+        async with s.post(f"{w.url}/generate/stream", json=forged) as r:
             assert r.status == 401
 
 
-async def test_failure_in_the_stream_is_reported_as_an_error_not_served_work(start_worker, double, emulator):
+async def test_client_stream_events_then_a_failure_reported_as_an_error(start_worker, double, emulator):
+    """WorkerClient.stream: typed events ending with the result; then a failing one raises
+    the bridge's error class and is reported to the autoscaler as an error, not served work."""
     w = await start_worker(double)
     await w.wait_ready()
+    async with WorkerClient("test-endpoint", "test-key", router_url=emulator.url) as client:
+        events = [e async for e in client.stream({"workflow_json": sd15_graph(steps=3), "request_id": "c-1"},
+                                                 deadline_s=30)]
+    assert isinstance(events[-1], sp.ResultEvent) and events[-1].response.id == "c-1"
+    steps = [e for e in events if isinstance(e, sp.ProgressEvent) and e.value is not None]
+    assert [e.value for e in steps] == [1.0, 2.0, 3.0]
+    assert emulator.routed[-1]["cost"] == pytest.approx(UNITS_3_STEPS, abs=1e-3)
+
     double.faults.exec_errors.append(ExecError("RuntimeError", "boom", class_type="KSampler"))
     events = []
     async with WorkerClient("test-endpoint", "test-key", router_url=emulator.url) as client:
@@ -70,15 +77,3 @@ async def test_failure_in_the_stream_is_reported_as_an_error_not_served_work(sta
     assert [e.event for e in events][:2] == ["queued", "started"]
     done = await w.wait_deleted(lambda d: d["request_idx"] == emulator.routed[-1]["request_idx"])
     assert done["success"] is False  # the stream began with 200, but the generation failed
-
-
-async def test_client_stream_yields_typed_events_ending_with_the_result(start_worker, double, emulator):
-    w = await start_worker(double)
-    await w.wait_ready()
-    async with WorkerClient("test-endpoint", "test-key", router_url=emulator.url) as client:
-        events = [e async for e in client.stream({"workflow_json": sd15_graph(steps=3), "request_id": "c-1"},
-                                                 deadline_s=30)]
-    assert isinstance(events[-1], sp.ResultEvent) and events[-1].response.id == "c-1"
-    steps = [e for e in events if isinstance(e, sp.ProgressEvent) and e.value is not None]
-    assert [e.value for e in steps] == [1.0, 2.0, 3.0]
-    assert emulator.routed[-1]["cost"] == pytest.approx(UNITS_3_STEPS, abs=1e-3)
