@@ -34,17 +34,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = __doc__.split("\n\n")[0]
     p.add_argument("workflow", type=Path, help="API-format graph, request input, or {\"input\": ...} payload (JSON)")
     p.add_argument("--out", type=Path, default=Path("outputs"), help="folder for the outputs (default ./outputs)")
+    add_router_arguments(p)
+    p.add_argument("--deadline", type=float, default=600.0, help="give up after this many seconds (default 600)")
+    p.add_argument("--request-id", help="names the outputs; also makes a resend after a lost connection safe")
+    p.add_argument("--progress", action="store_true",
+                   help="stream the request and show a live progress bar on stderr (when it is a terminal)")
+    p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def add_router_arguments(p: argparse.ArgumentParser) -> None:
+    """--router, --endpoint, --api-key: how to reach an endpoint (also `comfy-worker mcp`)."""
     p.add_argument("--router", default=os.environ.get("COMFY_WORKER_ROUTER_URL", DEFAULT_LOCAL_ROUTER),
                    help=f"router URL (default COMFY_WORKER_ROUTER_URL or {DEFAULT_LOCAL_ROUTER})")
     p.add_argument("--endpoint", default=os.environ.get("COMFY_WORKER_ENDPOINT", "local"),
                    help="endpoint name (default COMFY_WORKER_ENDPOINT or 'local')")
     p.add_argument("--api-key", default=os.environ.get("VAST_API_KEY", "local"),
                    help="API key (default VAST_API_KEY or 'local')")
-    p.add_argument("--deadline", type=float, default=600.0, help="give up after this many seconds (default 600)")
-    p.add_argument("--request-id", help="names the outputs; also makes a resend after a lost connection safe")
-    p.add_argument("--progress", action="store_true",
-                   help="stream the request and show a live progress bar on stderr (when it is a terminal)")
-    p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
 def load_job(path: Path) -> dict[str, Any]:

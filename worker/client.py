@@ -293,22 +293,29 @@ class WorkerClient:
             place.reason = f"no worker ready ({status})"
             await self._backoff(polls, deadline, place.reason)
 
-    async def _call_worker(
-        self, ticket: dict[str, Any], payload_input: dict[str, Any], deadline: float, idempotent: bool
-    ) -> GenerateResponse:
+    async def _open_worker(
+        self, ticket: dict[str, Any], payload_input: dict[str, Any], deadline: float, route: str
+    ) -> tuple[str, Any]:
+        """(the worker's URL, the signed POST to `route` as an `async with`), within the deadline."""
         url = str(ticket["url"]).rstrip("/")
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise CallTimeout("deadline passed before calling a worker", "routing")
         ssl = await self._ssl_for(url)
         job = {**payload_input, "timeout_s": worker_timeout_s(payload_input.get("timeout_s"), remaining)}
+        return url, self._http().post(
+            f"{url}{route}",
+            json={"auth_data": ticket, "payload": {"input": job}},
+            timeout=aiohttp.ClientTimeout(total=remaining, sock_connect=min(remaining, self.connect_timeout_s)),
+            ssl=ssl,
+        )
+
+    async def _call_worker(
+        self, ticket: dict[str, Any], payload_input: dict[str, Any], deadline: float, idempotent: bool
+    ) -> GenerateResponse:
+        url, post = await self._open_worker(ticket, payload_input, deadline, self.route)
         try:
-            async with self._http().post(
-                f"{url}{self.route}",
-                json={"auth_data": ticket, "payload": {"input": job}},
-                timeout=aiohttp.ClientTimeout(total=remaining, sock_connect=min(remaining, self.connect_timeout_s)),
-                ssl=ssl,
-            ) as r:
+            async with post as r:
                 status = r.status
                 data = await r.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:

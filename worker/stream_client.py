@@ -22,7 +22,6 @@ from comfy_bridge.jobs import stream_protocol as sp
 from comfy_bridge.jobs.protocol import JobInput
 from worker.client import (
     CallError,
-    CallTimeout,
     WorkerClient,
     _answer,
     _lost,
@@ -61,19 +60,10 @@ async def stream(
 async def _events(
     client: WorkerClient, ticket: dict[str, Any], payload_input: dict[str, Any], deadline: float, idempotent: bool
 ) -> AsyncIterator[Any]:
-    url = str(ticket["url"]).rstrip("/")
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise CallTimeout("deadline passed before calling a worker", "routing")
-    ssl = await client._ssl_for(url)
+    url, post = await client._open_worker(ticket, payload_input, deadline, sp.ROUTE)
     started = False
     try:
-        async with client._http().post(
-            f"{url}{sp.ROUTE}",
-            json={"auth_data": ticket, "payload": {"input": payload_input}},
-            timeout=aiohttp.ClientTimeout(total=remaining, sock_connect=min(remaining, client.connect_timeout_s)),
-            ssl=ssl,
-        ) as r:
+        async with post as r:
             async with contextlib.aclosing(read_events(r, url)) as events:
                 async for event in events:
                     started = True

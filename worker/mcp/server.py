@@ -110,19 +110,14 @@ def make_backend(args: argparse.Namespace) -> Backend:
 # ---- the CLI ---------------------------------------------------------------------------
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from worker.call_cli import DEFAULT_LOCAL_ROUTER
+    from worker.call_cli import add_router_arguments
 
     p.description = __doc__.split("\n\n")[0]
     p.add_argument("--transport", choices=["stdio", "http"], default="stdio",
                    help="stdio (an MCP client starts this command) or http (streamable HTTP on --host:--port/mcp)")
     p.add_argument("--host", default="127.0.0.1", help="http: address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=DEFAULT_HTTP_PORT, help=f"http: port (default {DEFAULT_HTTP_PORT})")
-    p.add_argument("--router", default=os.environ.get("COMFY_WORKER_ROUTER_URL", DEFAULT_LOCAL_ROUTER),
-                   help=f"router URL (default COMFY_WORKER_ROUTER_URL or {DEFAULT_LOCAL_ROUTER})")
-    p.add_argument("--endpoint", default=os.environ.get("COMFY_WORKER_ENDPOINT", "local"),
-                   help="endpoint name (default COMFY_WORKER_ENDPOINT or 'local')")
-    p.add_argument("--api-key", default=os.environ.get("VAST_API_KEY", "local"),
-                   help="API key (default VAST_API_KEY or 'local')")
+    add_router_arguments(p)
     p.add_argument("--bridge-url", default=os.environ.get("COMFY_WORKER_BRIDGE_URL"),
                    help="talk to a bridge directly instead of through a router")
     p.add_argument("--workflows", default=str(REPO_WORKFLOWS),
