@@ -96,3 +96,29 @@ async def test_a_call_past_the_tool_timeout_returns_a_job_handle_then_get_result
     assert not done.is_error and [c.type for c in done.content] == ["text", "image"]
     assert done.structured_content["request_id"] == "long-1"
     assert unknown.is_error and "'job_id'" in unknown.content[0].text
+
+
+async def test_run_workflow_with_an_input_image_audio_embedded_and_a_downscaled_preview(make_store):
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.effect_noise((600, 400), 80).convert("RGB").save(buf, "PNG")
+    graph = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "photo.png"}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "in"}},
+        "3": {"class_type": "DoubleSineAudio", "inputs": {"seconds": 0.1, "frequency": 440.0}},
+        "4": {"class_type": "SaveAudio", "inputs": {"audio": ["3", 0], "filename_prefix": "audio/tone"}},
+    }
+    server = build_server(make_store(image_cap_bytes=20_000))
+    async with Client(server) as client:
+        result = await client.call_tool("run_workflow", {
+            "workflow": graph, "images": [{"name": "photo.png", "image": base64.b64encode(buf.getvalue()).decode()}]})
+    assert not result.is_error, result.content
+    [image] = [c for c in result.content if c.type == "image"]
+    assert image.mime_type == "image/jpeg"  # the PNG is over the cap: a downscaled preview
+    assert Image.open(io.BytesIO(base64.b64decode(image.data))).size == (600, 400)  # already under 1024 px
+    [audio] = [c for c in result.content if c.type == "resource"]
+    assert audio.resource.mime_type == "audio/wav" and base64.b64decode(audio.resource.blob)[:4] == b"RIFF"
+    assert audio.resource.uri.endswith(".wav")
