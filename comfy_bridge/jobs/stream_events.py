@@ -15,6 +15,7 @@ import asyncio
 import base64
 import io
 import time
+import weakref
 from typing import Any
 
 from comfy_bridge import logs
@@ -173,7 +174,7 @@ class PromptWatch:
         while not self.started:
             self.queue_moved.clear()
             try:
-                position = _position(await self.sink.client.queue(), self.prompt_id)
+                position = _position(await _shared_queue(self.sink.client), self.prompt_id)
             except BridgeError:
                 position = self.position
             if self.started:
@@ -222,6 +223,20 @@ def small_jpeg(payload: bytes, max_px: int, quality: int = 75) -> bytes:
         out = io.BytesIO()
         img.save(out, "JPEG", quality=quality)
     return out.getvalue()
+
+
+_queue_reads: "weakref.WeakKeyDictionary[ComfyClient, asyncio.Future[dict[str, Any]]]" = weakref.WeakKeyDictionary()
+
+
+async def _shared_queue(client: ComfyClient) -> dict[str, Any]:
+    """GET /queue, one call shared by every stream that asks meanwhile: each `status`
+    broadcast wakes all waiting streams at once, and /queue carries every queued graph."""
+    read = _queue_reads.get(client)
+    if read is None or read.done():
+        read = asyncio.ensure_future(client.queue())
+        read.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved, even if all left
+        _queue_reads[client] = read
+    return await asyncio.shield(read)
 
 
 def _position(queue: dict[str, Any], prompt_id: str) -> int | None:
