@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def workflow(size: int, seed: int) -> dict:
     return {
-        "1": {"class_type": "DoubleNoiseImage", "inputs": {"width": size, "height": size, "batch_size": 1, "seed": seed}},
+        "1": {"class_type": "DoubleNoiseImage",
+              "inputs": {"width": size, "height": size, "batch_size": 1, "seed": seed}},
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "bench"}},
     }
 
@@ -102,7 +103,8 @@ async def main() -> None:
           f"ComfyUI double exec {args.exec_ms:g} ms")
     print(f"sync   overhead (wall - execution): {line(sync_over)}")
     print(f"stream overhead (result - execution): {line([s['over'] for s in streamed])}")
-    print(f"stream first event {line([s['first'] for s in streamed])}  | started {line([s['started'] for s in streamed])}"
+    print(f"stream first event {line([s['first'] for s in streamed])}"
+          f"  | started {line([s['started'] for s in streamed])}"
           f"  | result {line([s['result'] for s in streamed])}  | events per request p50 "
           f"{pct([s['events'] for s in streamed], 50):.0f}")
 

@@ -45,7 +45,10 @@ def render(event: Any) -> str | None:
     text = describe(event)
     if text is None or isinstance(event, sp.QueuedEvent):
         return text
-    fraction = event.fraction if isinstance(event, sp.ProgressEvent) else 0.0 if isinstance(event, sp.StartedEvent) else 1.0
+    if isinstance(event, sp.ProgressEvent):
+        fraction = event.fraction
+    else:
+        fraction = 0.0 if isinstance(event, sp.StartedEvent) else 1.0
     return f"{_bar(fraction)} {text}"
 
 

@@ -29,7 +29,8 @@ async def test_success_streams_queued_started_progress_then_the_sync_body(bridge
     assert queued.request_id == "st-1" and queued.position == 0 and queued.prompt_id
     assert started.prompt_id == queued.prompt_id
     steps = [e for e in s.events if e.event == "progress" and e.value is not None]
-    assert [(e.node, e.node_type, e.value, e.max) for e in steps] == [("3", "KSampler", float(v), 4.0) for v in range(1, 5)]
+    expected = [("3", "KSampler", float(v), 4.0) for v in range(1, 5)]
+    assert [(e.node, e.node_type, e.value, e.max) for e in steps] == expected
     fractions = [e.fraction for e in s.events if e.event == "progress"]
     assert fractions == sorted(fractions) and 0 < fractions[-2] < 1 and fractions[-1] == 1.0
     result = s.final

@@ -112,7 +112,8 @@ class JobStore:
         return _handle(job, self.tool_timeout_s)
 
     def _forget_old(self) -> None:
-        finished = sorted((j for j in self.jobs.values() if j.finished_at is not None), key=lambda j: j.finished_at or 0)
+        finished = sorted((j for j in self.jobs.values() if j.finished_at is not None),
+                          key=lambda j: j.finished_at or 0)
         for old in finished[: max(0, len(finished) - _KEEP_FINISHED)]:
             self.jobs.pop(old.id, None)
 

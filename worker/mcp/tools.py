@@ -48,7 +48,8 @@ RUN_WORKFLOW_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
         "workflow": {"type": "object", "minProperties": 1,
-                     "description": "a ComfyUI API-format graph: {node_id: {class_type, inputs}} ('Save (API Format)')"},
+                     "description": "a ComfyUI API-format graph: {node_id: {class_type, inputs}} "
+                                    "('Save (API Format)')"},
         "images": {
             "type": "array",
             "description": "input images, referenced from the graph (LoadImage) by name",
