@@ -69,8 +69,8 @@ class FinalStatusScanner:
             self._event = b""
         elif line.startswith(b"event:"):
             self._event = line[6:].strip()
-            if self._event == b"result":
-                self.status = 200
+        elif line.startswith(b"data:") and self._event == b"result":
+            self.status = 200  # the whole line arrived (a stream cut inside it stays 502)
         elif line.startswith(b"data:") and self._event == b"error" and not dropped:
             self.error_body = line[5:].strip()
             try:
