@@ -118,7 +118,8 @@ def build_worker(
         max_queue_time=settings.max_queue_time_s,
         workload_calculator=workload.payload_units,
         response_generator=stream_relay.make_stream_relay(
-            make_relay(lifecycle, settings.gpu_price_per_hour), lambda body: _watch_failure(body, lifecycle)),
+            make_relay(lifecycle, settings.gpu_price_per_hour), lambda body: _watch_failure(body, lifecycle),
+            settings.gpu_price_per_hour),
     )
     config = vast.WorkerConfig(
         model_server_url="http://127.0.0.1",

@@ -24,6 +24,7 @@ class Streamed:
     content_type: str
     events: list[Any] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
+    raw: list[str] = field(default_factory=list)  # each event's data as sent
     keepalives: int = 0
     body: Any = None
     arrived: list[float] = field(default_factory=list)
@@ -44,6 +45,7 @@ async def read_stream(resp: aiohttp.ClientResponse, on_event: Any = None) -> Str
         for name, data in decoder.feed(chunk):
             event = sp.parse(name, data)
             out.names.append(name)
+            out.raw.append(data)
             out.events.append(event)
             out.arrived.append(time.monotonic())
             if on_event is not None:

@@ -4,6 +4,7 @@ come, honest metrics from the final event; and WorkerClient.stream's typed event
 
 from __future__ import annotations
 
+import json
 import time
 
 import aiohttp
@@ -41,6 +42,8 @@ async def test_stream_through_the_pyworker_arrives_while_the_prompt_runs(start_w
     assert streamed.names[0] == "queued" and streamed.names[-1] == "result"
     assert first_at[0] < streamed.arrived[-1]
     assert streamed.final.response.id == "ws-1"
+    sent = json.loads(streamed.raw[-1])  # the result as the worker sent it: with `cost`, as /generate/sync
+    assert sent["cost"]["gpu_seconds"] == pytest.approx(sent["timings"]["execution_ms"] / 1000, abs=1e-3)
     report = await w.wait_report(lambda r: r["new_load"] == pytest.approx(UNITS_3_STEPS, abs=1e-3))
     assert report["error_msg"] == ""
     done = await w.wait_deleted(lambda d: d["request_idx"] == body["auth_data"]["request_idx"])
