@@ -254,7 +254,8 @@ class WorkerClient:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise CallTimeout("deadline passed while routing", "routing")
+                last = place.reason or "routing"
+                raise CallTimeout(f"deadline passed: {last}", last)
             body = {
                 "endpoint": self.endpoint,
                 "api_key": self._api_key,

@@ -52,6 +52,7 @@ async def stream(
                     yield event
             return
         except _Retry as r:
+            place.reason = r.reason
             failures += 1
             log.info("retrying: %s", r.reason, extra={"fields": fields})
             await client._backoff(failures, deadline, r.reason)
