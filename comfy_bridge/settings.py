@@ -81,6 +81,8 @@ class BridgeSettings(BaseSettings):
     comfyui_max_crashes: int = Field(default=3, ge=1)  # this many crashes within the window...
     comfyui_crash_window_s: float = Field(default=600.0, gt=0)  # ...and the worker gives up
     comfyui_start_timeout_s: float = Field(default=300.0, gt=0)
+    # Load the gc.freeze pack last (comfy_bridge/comfyui/gc_freeze.py): no 10-second GC pause.
+    comfyui_gc_freeze: bool = True
     # SIGTERM: seconds in-flight requests get to finish before cleanup and exit.
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     # POST /generate/stream (comfy_bridge/jobs/streaming.py): a comment line after this

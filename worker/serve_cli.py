@@ -217,6 +217,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
                 max_crashes=bridge_settings.comfyui_max_crashes,
                 crash_window_s=bridge_settings.comfyui_crash_window_s,
                 start_timeout_s=bridge_settings.comfyui_start_timeout_s,
+                gc_freeze=bridge_settings.comfyui_gc_freeze,
             )
             bridge_settings = bridge_settings.model_copy(
                 update={"comfyui_url": supervisor.url, "comfyui_path": args.comfyui_path.resolve()}

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from comfy_bridge import logs
+from comfy_bridge.comfyui import gc_freeze as gc_freeze_pack
 from comfy_bridge.errors import ComfyUnavailable, ComfyUnrecoverable
 
 log = logs.get(__name__)
@@ -214,6 +215,7 @@ class ComfySupervisor:
         liveness_interval_s: float = 10.0,
         liveness_failures: int = 3,
         port_wait_s: float = 5.0,
+        gc_freeze: bool | None = None,
     ) -> None:
         if max_crashes < 1:
             raise ValueError("max_crashes must be at least 1")
@@ -230,6 +232,10 @@ class ComfySupervisor:
         self.liveness_interval_s = liveness_interval_s
         self.liveness_failures = max(1, liveness_failures)
         self.port_wait_s = port_wait_s
+        # The gc.freeze pack (comfy_bridge/comfyui/gc_freeze.py) goes to a real ComfyUI
+        # (main.py) unless switched off; a stand-in `command` gets it only when asked.
+        if gc_freeze if gc_freeze is not None else command is None:
+            extra_args = [*extra_args, *gc_freeze_pack.launch_args(self.log_path.parent)]
         self._argv = self._build_argv(python, command, cpu, extra_args)
         self._env = dict(env) if env is not None else self._child_env()
         self._sink = _LogSink(self.log_path, max_log_bytes)
@@ -265,6 +271,7 @@ class ComfySupervisor:
             "max_crashes": getattr(settings, "comfyui_max_crashes", 3),
             "crash_window_s": getattr(settings, "comfyui_crash_window_s", 600.0),
             "start_timeout_s": getattr(settings, "comfyui_start_timeout_s", 300.0),
+            "gc_freeze": getattr(settings, "comfyui_gc_freeze", None),
         }
         kwargs.update(overrides)
         return cls(settings.comfyui_path, **kwargs)

@@ -10,6 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
+from .gc_pause import GcPause
 from .server import ComfyDouble
 
 
@@ -23,12 +24,19 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--history-lag-s", type=float, default=0.0)
     p.add_argument("--models", default=None, help='JSON {"checkpoints": ["a.safetensors"]} of model files to create')
     p.add_argument("--no-previews", action="store_true", help="no binary preview frames from samplers")
+    p.add_argument("--gc-objects", type=int, default=0,
+                   help="live objects ComfyUI's gc.collect() walks after prompts (~500000: its 10-second pause)")
+    p.add_argument("--gc-interval-s", type=float, default=10.0)
+    p.add_argument("--extra-model-paths-config", type=Path, action="append", default=[],
+                   help="as ComfyUI: packs in its custom_nodes: folders are imported last")
     return p.parse_args(argv)
 
 
 async def _serve(args: argparse.Namespace) -> None:
     double = ComfyDouble(root=args.root, exec_ms=args.exec_ms, models=json.loads(args.models) if args.models else None,
-                         history_lag_s=args.history_lag_s, previews=not args.no_previews)
+                         history_lag_s=args.history_lag_s, previews=not args.no_previews,
+                         gc_pause=GcPause(args.gc_objects, args.gc_interval_s),
+                         extra_model_paths=args.extra_model_paths_config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

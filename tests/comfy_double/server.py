@@ -18,6 +18,7 @@ from aiohttp import WSMsgType, web
 
 from .executor import Executor, PromptQueue, QueueItem
 from .faults import ExecError, Faults
+from .gc_pause import GcPause
 from .node_library import MODEL_FOLDERS, Folders, NodeDef, build_library, extra_node
 from .validation import Validator
 
@@ -37,7 +38,8 @@ class ComfyDouble:
     """A fake ComfyUI for tests and benches. See the package docstring for its limits."""
 
     def __init__(self, root: Path | None = None, exec_ms: float = 0.0, object_info_extra: dict | None = None,
-                 models: dict[str, list[str]] | None = None, *, history_lag_s: float = 0.0, previews: bool = True):
+                 models: dict[str, list[str]] | None = None, *, history_lag_s: float = 0.0, previews: bool = True,
+                 gc_pause: GcPause | None = None, extra_model_paths: list[Path] | None = None):
         self._tmp: tempfile.TemporaryDirectory | None = None
         if root is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="comfy-double-")
@@ -57,6 +59,8 @@ class ComfyDouble:
         self.exec_ms = exec_ms
         self.history_lag_s = history_lag_s
         self.previews = previews
+        self.gc_pause = gc_pause or GcPause()  # ComfyUI's periodic gc.collect() stall (gc_pause.py)
+        self.gc_pause.load(list(extra_model_paths or []))
         self.library: dict[str, NodeDef] = build_library()
         for name, info in (object_info_extra or {}).items():
             self.library[name] = extra_node(name, info)
@@ -323,6 +327,7 @@ class ComfyDouble:
                 self.send_sync("executing", {"node": None, "prompt_id": item.prompt_id}, self.client_id)
             self.prompts_finished += 1
             self._apply_flags()
+            self.gc_pause.after_prompt()
 
     async def _history_lag(self, prompt_id: str) -> None:
         """The /history race: the terminal event is already on the wire; the history entry

@@ -242,16 +242,21 @@ def test_command_line(tmp_path: Path) -> None:
     (tmp_path / ".venv/bin").mkdir(parents=True)
     (tmp_path / ".venv/bin/python").touch()
     sup = ComfySupervisor(tmp_path, port=18555, cpu=False, extra_args=["--preview-method", "none"])
+    freeze_config = tmp_path / "cvw_gc_freeze.yaml"  # beside the log: the gc.freeze pack, loaded last
     assert sup.argv == [
         str(tmp_path / ".venv/bin/python"), "main.py", "--listen", "127.0.0.1", "--port", "18555",
-        "--disable-auto-launch", "--preview-method", "none",
+        "--disable-auto-launch", "--preview-method", "none", "--extra-model-paths-config", str(freeze_config),
     ]
     assert "--cpu" in ComfySupervisor(tmp_path, cpu=True).argv
     assert sup.url == "http://127.0.0.1:18555"
+    assert "--extra-model-paths-config" not in ComfySupervisor(tmp_path, gc_freeze=False).argv
 
     settings = BridgeSettings(comfyui_path=tmp_path, comfyui_url="http://127.0.0.1:18999")
     from_settings = ComfySupervisor.from_settings(settings, cpu=True)
-    assert from_settings.port == 18999 and from_settings.argv[-1] == "--cpu"
+    assert from_settings.port == 18999 and "--cpu" in from_settings.argv
+    assert "--extra-model-paths-config" in from_settings.argv
+    off = BridgeSettings(comfyui_path=tmp_path, comfyui_gc_freeze=False)
+    assert "--extra-model-paths-config" not in ComfySupervisor.from_settings(off).argv
 
 
 def test_child_environment_has_no_bridge_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
