@@ -5,10 +5,14 @@ it, so one persistent socket serves every request: a reader task dispatches each
 to the PromptTracker of its prompt_id. We choose prompt_ids ourselves, so a tracker
 exists before POST /prompt and no early event is lost.
 
-A prompt is finished when ComfyUI sends `executing` with `node: null` for it; only then
-is it reliably in /history (execution_success can come before: the recorded /history
-race). If the socket drops, the reader reconnects with backoff and reconciles every
-in-flight prompt against /queue and /history, completing each exactly once.
+A prompt is finished when ComfyUI sends `executing` with `node: null` for it. Its outputs
+are what each output node's `executed` message listed (ComfyUI sends one for cached nodes
+too, see tests/fixtures/comfyui-protocol/cached_resubmit.json) and its timings come from
+execution_start and the terminal event, so a request ends without a /history round trip:
+nothing after the end waits on ComfyUI, whose periodic gc pause lands right there. /history
+is read only to reconcile: the socket dropped while the prompt was tracked (the reader
+reconnects with backoff and settles every in-flight prompt against /queue and /history,
+exactly once), the watchdog probes a silent prompt, or the events were incomplete.
 """
 
 from __future__ import annotations
@@ -66,6 +70,15 @@ class PromptTracker:
     # Monotonic time of this prompt's latest websocket event: the silence watchdog's clock.
     last_event_at: float = 0.0
     ws_images: list[tuple[str, ev.BinaryFrame]] = field(default_factory=list)
+    # Each node's `executed` output (the same dict /history lists under "outputs").
+    outputs: dict[str, Any] = field(default_factory=dict)
+    # The socket dropped while this prompt was tracked: events may be missing, ask /history.
+    events_missed: bool = False
+
+    @property
+    def complete_from_events(self) -> bool:
+        """`executing: null`, a terminal event with its timestamp, nothing missed."""
+        return self.future.done() and not self.events_missed and self.end_ms is not None
 
     @property
     def running(self) -> bool:
@@ -238,6 +251,7 @@ class ComfyClient:
                 now = time.monotonic()
                 for t in self._trackers.values():  # a dead socket was silent, not the prompt
                     t.last_event_at = max(t.last_event_at, now)
+                    t.events_missed = True
                 self._spawn(self._reconcile())
             seen = self._connections
             try:
@@ -291,6 +305,10 @@ class ComfyClient:
         elif kind == ev.EXECUTION_START:
             tracker.started_at = time.monotonic()
             tracker.start_ms = _ts(event.data)
+        elif kind == ev.EXECUTED:
+            output, node = event.data.get("output"), event.node
+            if isinstance(output, dict) and node is not None:
+                tracker.outputs[node] = output
         elif kind == ev.EXECUTION_SUCCESS:
             tracker.end_ms = _ts(event.data)
         elif kind in (ev.EXECUTION_ERROR, ev.EXECUTION_INTERRUPTED):
@@ -450,7 +468,8 @@ class ComfyClient:
         return answer if isinstance(answer, dict) else {}
 
     async def wait(self, prompt_id: str) -> PromptResult:
-        """Until `executing: null` for the prompt, then its /history entry.
+        """Until `executing: null` for the prompt; its outputs from the events, or from
+        /history when the events may be incomplete (see the module docstring).
 
         Cancelling the wait leaves the prompt tracked (the caller may interrupt it and
         wait again); any other outcome forgets it.
@@ -466,7 +485,12 @@ class ComfyClient:
                 except asyncio.TimeoutError:
                     # Safety net for a socket that silently stopped delivering events.
                     await self._reconcile(tracker)
-            entry = tracker.history or await self._history_after_finish(prompt_id)
+            if tracker.history is not None:
+                entry = tracker.history
+            elif tracker.complete_from_events:
+                entry = {"outputs": tracker.outputs}
+            else:
+                entry = await self._history_after_finish(prompt_id)
         except asyncio.CancelledError:
             raise
         except BaseException:
