@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -33,6 +34,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def _serve(args: argparse.Namespace) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # as ComfyUI logs its packs' lines
     double = ComfyDouble(root=args.root, exec_ms=args.exec_ms, models=json.loads(args.models) if args.models else None,
                          history_lag_s=args.history_lag_s, previews=not args.no_previews,
                          gc_pause=GcPause(args.gc_objects, args.gc_interval_s),
