@@ -187,7 +187,7 @@ def report(name: str, steps: dict[str, list[float]], busy_fraction: float, log_p
     print(f"  prompts with a step over {STALL_MS:.0f} ms: {sum(w > STALL_MS for w in worst)}")
     print(f"  busy fraction, 4 in flight: {busy_fraction:.3f}")
     if log_path is not None:
-        frozen = [ln for ln in log_path.read_text(errors="replace").splitlines() if "cvw_gc_freeze" in ln]
+        frozen = [ln for ln in log_path.read_text(errors="replace").splitlines() if "cvw_gc_freeze: froze" in ln]
         print(f"  pack: {frozen[-1].strip() if frozen else 'not loaded'}")
 
 

@@ -43,6 +43,7 @@ def build_app(
     workload_fn: Callable[[dict[str, Any]], float] | None = None,
     supervisor: Any = None,
     metrics: obs.Metrics | None = None,
+    on_executed: Callable[[dict[str, Any], float], None] | None = None,
 ) -> web.Application:
     """`destinations(job, settings) -> Destination` overrides delivery.select.pick.
 
@@ -64,6 +65,7 @@ def build_app(
         availability=getattr(supervisor, "check_available", None),
         on_stuck=getattr(supervisor, "restart", None),
         metrics=metrics,
+        on_executed=on_executed,
     )
     if hasattr(supervisor, "add_listener"):
         supervisor.add_listener(_fail_inflight_when_down(runner))

@@ -125,6 +125,10 @@ class Metrics:
             "oom_retries", "Prompts retried after ComfyUI ran out of memory",
             namespace=ns, registry=r,
         )
+        self.startup_seconds = Gauge(
+            "startup_seconds", "Seconds from process start to the end of each start-up phase",
+            ["phase"], namespace=ns, registry=r,
+        )
 
     # ---- recording ------------------------------------------------------------------
 
@@ -164,6 +168,9 @@ class Metrics:
 
     def oom_retried(self) -> None:
         self.oom_retries.inc()
+
+    def startup_phase(self, phase: str, seconds: float) -> None:
+        self.startup_seconds.labels(phase).set(seconds)
 
     def comfyui_restarted(self) -> None:
         self.comfyui_restarts.inc()

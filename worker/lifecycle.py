@@ -5,6 +5,12 @@ autoscaler the worker is loaded. So the benchmark only starts once ComfyUI reall
 serves what the worker needs (Vast's template once raced its benchmark against the API
 wrapper and left workers errored for good).
 
+Then max_perf: `benchmark_run` (worker/benchmark.py `measure`) times the benchmark's
+generations by ComfyUI's own execution timings and writes the result to the framework's
+`.has_benchmark` cache in the state folder, so the framework reports it without its own
+wall-clock rounds (they run only when that measurement failed). Each start-up phase is
+marked on the cold-start timeline (worker/cold_start.py), which ends with the `ready` line.
+
 Health afterwards: a ComfyUI that is gone for good reaches the autoscaler as an
 error_msg (`backend.backend_errored`), so Vast replaces the worker; a restart in progress
 does not. With a supervised child that is the supervisor's call: its "failed" state is
@@ -15,15 +21,19 @@ it is declared gone after COMFY_WORKER_COMFYUI_GONE_AFTER_S seconds without an a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 import aiohttp
 
 from comfy_bridge import logs
 from comfy_bridge.settings import BridgeSettings
 from worker import readiness
+from worker.benchmark import BENCHMARK_FILE, MEASURE_FILE, Measurement
+from worker.cold_start import Timeline
 from worker.settings import WorkerSettings
 
 log = logs.get(__name__)
@@ -44,6 +54,10 @@ class WorkerLifecycle:
         staged_names: list[str] | None = None,
         supervisor: Any = None,
         workflows_dir: Path | None = BridgeSettings.model_fields["workflows_dir"].default,
+        timeline: Timeline | None = None,
+        benchmark_run: Callable[..., Awaitable[Measurement | None]] | None = None,
+        on_measured: Callable[[Measurement], None] | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         self.settings = settings
         self.workflows_dir = workflows_dir
@@ -52,6 +66,10 @@ class WorkerLifecycle:
         self.benchmark_graph = benchmark_graph
         self.staged_names = staged_names or []
         self.supervisor = supervisor
+        self.timeline = timeline or Timeline()
+        self.benchmark_run = benchmark_run
+        self.on_measured = on_measured
+        self.state_dir = state_dir or Path.cwd()
         self.backend: ErrorSink | None = None
         self.error: str | None = None
         self.ready = asyncio.Event()
@@ -82,6 +100,7 @@ class WorkerLifecycle:
                 self.supervisor.add_listener(self._on_supervisor_state)
                 self._listening = True
             await self.supervisor.start()
+            self.timeline.mark("comfyui_up")
         await readiness.check_ready(
             self._session,
             ready_url=f"{self.bridge_url}/ready",
@@ -93,10 +112,39 @@ class WorkerLifecycle:
             timeout_s=self.settings.ready_timeout_s,
             workflows_dir=self.workflows_dir,
         )
+        self.timeline.mark("ready_check")
+        await self._benchmark()
         if self.supervisor is None:
             self._watch = asyncio.create_task(self._watch_external(), name="comfyui-health")
         self.ready.set()
+        self.timeline.log_ready()
         return self
+
+    async def _benchmark(self) -> None:
+        """max_perf from ComfyUI's timings into `.has_benchmark`, or the cached one."""
+        if self.benchmark_run is None:
+            return
+        assert self._session is not None
+        done, saved = self.state_dir / BENCHMARK_FILE, self.state_dir / MEASURE_FILE
+        if done.exists():
+            try:
+                m = Measurement(**json.loads(saved.read_text()))
+            except (OSError, ValueError, TypeError):
+                return  # measured by the framework's own rounds: no seconds_per_unit to learn from
+            self.timeline.details["benchmark"] = {"cached": True, "units_per_s": round(m.units_per_s, 4)}
+        else:
+            m = await self.benchmark_run(self._session, on_warmup=lambda: self.timeline.mark("first_model_load"))
+            if m is None:
+                log.warning("no benchmark generation succeeded; the framework runs its own")
+                return
+            saved.write_text(json.dumps(dataclasses.asdict(m)))
+            done.write_text(str(m.units_per_s))
+            self.timeline.mark("benchmark", benchmark={
+                "units_per_s": round(m.units_per_s, 4), "generations": m.generations,
+                "execution_s": [round(x, 4) for x in m.execution_s], "warmup_s": m.warmup_s,
+                "standard_error": round(m.spread, 4), "failures": m.failures})
+        if self.on_measured is not None:
+            self.on_measured(m)
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()

@@ -101,6 +101,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
     from worker import benchmark
     from worker.lifecycle import WorkerLifecycle
     from worker.pyworker import ROUTE, build_worker
+    from worker.self_measure import SelfMeasure
     from worker.settings import DEFAULT_BENCHMARK, WorkerSettings
     from worker.workload import WorkloadModel
 
@@ -197,6 +198,10 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
                                    settings.request_units, settings.default_units)
         state = Path(state_root).resolve() / f"bench-{fp}"
         state.mkdir(parents=True, exist_ok=True)
+        measured = SelfMeasure(settings, state, args.comfyui_path and args.comfyui_path.resolve())
+        workload = measured.workload(workload)
+        warm = asyncio.create_task(measured.warm())
+        cleanups.append(lambda: _cancel(warm))
 
         # 3. ComfyUI: launched and supervised, or already running.
         supervisor = None
@@ -230,7 +235,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         bridge_port = int(sock.getsockname()[1])
-        bridge_app = build_app(bridge_settings, workload_fn=workload.graph_units, supervisor=supervisor)
+        bridge_app = build_app(bridge_settings, workload_fn=workload.graph_units, supervisor=supervisor,
+                               on_executed=workload.observe)
         bridge_app.middlewares.append(shutdown.middleware())  # 503 shutting_down, in-flight count
         # Requests kept for callers who left (S3, webhook) and webhooks still running finish
         # before the drain ends, so before the lifecycle stops ComfyUI.
@@ -248,6 +254,10 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
             benchmark_graph=graph,
             staged_names=[i.get("name") for i in job.get("images") or [] if isinstance(i, dict)],
             supervisor=supervisor,
+            timeline=measured.timeline,
+            benchmark_run=measured.benchmark_run(f"http://127.0.0.1:{bridge_port}", job, workload),
+            on_measured=measured.on_measured,
+            state_dir=state,
         )
         cleanups.append(lifecycle.close)
         worker = build_worker(settings, bridge_port=bridge_port, lifecycle=lifecycle,

@@ -27,10 +27,13 @@ class WorkerSettings(BaseSettings):
     # `input` object, or a `{"input": {...}}` payload. Default: a weightless graph that
     # runs on any ComfyUI (it measures the pipeline, not the GPU: set your own).
     benchmark_workflow: Path = DEFAULT_BENCHMARK
-    benchmark_runs: int = Field(default=3, ge=1, le=50)
-    # Requests per run sent at once (they queue in ComfyUI), so the benchmark measures
-    # the primed pipeline the worker serves with.
-    benchmark_concurrency: int = Field(default=2, ge=1, le=32)
+    # Measured generations = runs x concurrency, after a warm-up that loads the model. They
+    # are timed by ComfyUI's own execution timings (worker/benchmark.py), so one warm
+    # generation is enough: ready after ComfyUI start + model load + 2 generations.
+    benchmark_runs: int = Field(default=1, ge=1, le=50)
+    # Requests sent at once (they queue in ComfyUI); also the framework's rounds, when it
+    # has to run its own wall-clock benchmark.
+    benchmark_concurrency: int = Field(default=1, ge=1, le=32)
     benchmark_warmup: bool = True
 
     # Requests are refused (429) once queued units / max_perf exceeds this many seconds.

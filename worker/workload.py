@@ -8,9 +8,10 @@ the graph) makes a 4-step 512x512 preview cost as much as a 40-step 2048x2048 re
 the queue-time estimate and the scaling decisions are wrong by the ratio between them.
 Units here scale with the work the sampler actually does:
 
-    units = REQUEST_UNITS
+    units = (REQUEST_UNITS
           + sum over sampler nodes of
-              steps_run x megapixels x frames x batch x step_cost x cfg_factor
+              steps_run x megapixels x frames x batch x step_cost x cfg_factor x family)
+          x shape_correction
 
 - steps_run: KSampler `steps`; KSamplerAdvanced `min(end_at_step, steps) - start_at_step`;
   SamplerCustom / SamplerCustomAdvanced: `steps` of the scheduler node feeding `sigmas`;
@@ -32,6 +33,10 @@ Units here scale with the work the sampler actually does:
   H100 (bench/gpu_check.sh); 2 x 1.25 gives 2.43x, within what was seen.
 - cfg_factor: 1 when cfg != 1 (ComfyUI runs the positive and the negative pass), 0.5
   when cfg == 1 (ComfyUI skips the negative pass), 1.5 for DualCFGGuider.
+- family: the cost of the model the sampler runs, per latent-megapixel step, relative to
+  SDXL (worker/model_family.py: read from the checkpoint the graph loads; SD1.5 1.65).
+- shape_correction: learned per graph shape from completed requests' measured execution
+  time (worker/shape_correction.py; 1 until a shape has been seen, bounded).
 - REQUEST_UNITS (default 1): the fixed cost of any request (queueing, loading inputs,
   decoding, encoding and delivering outputs).
 
@@ -39,7 +44,8 @@ A graph it cannot read at all (not an object of nodes, a template that cannot be
 expanded) counts DEFAULT_UNITS (default 20, about one SDXL 1024x1024 20-step image).
 
 Examples: SDXL 1024x1024, 20 steps, euler, cfg 7: 1 + 20 = 21 units; the same with res_2s:
-1 + 20 x 2 x 1.25 = 51; SD1.5 512x512, 20 steps, euler: 1 + 5 = 6; batch 4 of it: 1 + 20 = 21.
+1 + 20 x 2 x 1.25 = 51; SD1.5 512x512, 20 steps, euler: 1 + 5 x 1.65 = 9.25; batch 4 of it:
+1 + 20 x 1.65 = 34.
 
 The benchmark counts the same units, so max_perf (units per second on this GPU)
 predicts the time of any other request as units / max_perf.
@@ -54,6 +60,9 @@ from typing import Any
 
 from comfy_bridge import logs
 from comfy_bridge.comfyui.graph import is_link
+from worker import model_family
+from worker.model_family import ModelFamilies
+from worker.shape_correction import ShapeCorrections
 
 log = logs.get(__name__)
 
@@ -149,8 +158,9 @@ _UNKNOWN_LATENT = _Latent(_DEFAULT_SIDE, _DEFAULT_SIDE)
 class _Reader:
     """Walks one API-format graph; every lookup is bounded and tolerant of odd inputs."""
 
-    def __init__(self, graph: dict[str, Any]) -> None:
+    def __init__(self, graph: dict[str, Any], families: ModelFamilies | None = None) -> None:
         self.graph = graph
+        self.families = families
 
     def node(self, link: Any) -> dict[str, Any] | None:
         if not is_link(link):
@@ -314,7 +324,33 @@ class _Reader:
             * latent.batch
             * step_cost(self.sampler_name(node))
             * self.cfg_factor(node)
+            * self.family_factor(node)
         )
+
+    def loaded_model(self, node: dict[str, Any]) -> tuple[str, str] | None:
+        """(models folder, file) of the loader feeding a sampler's model, through LoRAs,
+        ModelSampling* patches and guiders."""
+        link = self.inputs(node).get("model") or self.inputs(node).get("guider")
+        for _ in range(_MAX_DEPTH):
+            src = self.node(link)
+            if src is None:
+                return None
+            cls = str(src.get("class_type", ""))
+            if cls in model_family.LOADERS:
+                key, folder = model_family.LOADERS[cls]
+                name = self.text(src, key)
+                return (folder, name) if name else None
+            link = self.inputs(src).get("model") or self.inputs(src).get("guider")
+        return None
+
+    def family_factor(self, node: dict[str, Any]) -> float:
+        loaded = self.loaded_model(node)
+        if loaded is None:
+            return 1.0
+        folder, name = loaded
+        if self.families is None:
+            return model_family.FACTORS[model_family.family_from_name(name)]
+        return self.families.factor(folder, name)
 
 
 @dataclass(frozen=True)
@@ -328,13 +364,27 @@ class WorkloadModel:
     request_units: float = REQUEST_UNITS
     default_units: float = DEFAULT_UNITS
     templates: Any = field(default=None, compare=False, repr=False)
+    families: ModelFamilies | None = field(default=None, compare=False, repr=False)
+    corrections: ShapeCorrections | None = field(default=None, compare=False, repr=False)
 
     def graph_units(self, graph: Any) -> float:
         """Units of an API-format graph (the formula in this module's docstring)."""
+        units = self.base_units(graph)
+        if self.corrections is not None and isinstance(graph, dict) and graph:
+            units = round(units * self.corrections.factor(graph), 4)
+        return units
+
+    def observe(self, graph: Any, execution_ms: float) -> None:
+        """A completed request's measured execution time: teaches the shape correction."""
+        if self.corrections is not None and isinstance(graph, dict) and graph:
+            self.corrections.observe(graph, self.base_units(graph), execution_ms / 1000)
+
+    def base_units(self, graph: Any) -> float:
+        """Units from the graph alone, before the learned shape correction."""
         if not isinstance(graph, dict) or not graph:
             return self.default_units
         try:
-            reader = _Reader(graph)
+            reader = _Reader(graph, self.families)
             total = 0.0
             for node in graph.values():
                 if isinstance(node, dict) and reader.is_sampler(node):

@@ -113,8 +113,11 @@ class JobRunner:
         availability: Callable[[], None] | None = None,
         on_stuck: Callable[[str], Any] | None = None,
         metrics: obs.Metrics | None = None,
+        on_executed: Callable[[dict[str, Any], float], None] | None = None,
     ) -> None:
         self.settings = settings
+        # Told (graph, ComfyUI's execution_ms) of each success: the worker learns its units from it.
+        self.on_executed = on_executed
         self.client = client
         self.stager = stager
         self.templates = templates
@@ -193,6 +196,11 @@ class JobRunner:
             if job.images and self.stager is not None and hasattr(self.stager, "cleanup"):
                 self._spawn(self.stager.cleanup(job))
 
+        if self.on_executed is not None and not result.failure:
+            try:
+                self.on_executed(graph, result.execution_ms)
+            except Exception:
+                log.exception("on_executed hook failed")
         return GenerateResponse(
             id=job.request_id,
             prompt_id=result.prompt_id,
