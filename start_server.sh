@@ -7,9 +7,12 @@
 #   Anywhere else: local mode, with a Vast router emulator on loopback
 #   (`comfy-worker serve --local`); call it with `comfy-worker call --router ...`.
 #
-# Steps: provision ComfyUI, custom nodes and models from the manifest (idempotent: a
-# restart re-checks in about a second and downloads nothing already verified), then exec
-# the worker. Output goes to the container's stdout (what Vast's console shows) and to
+# Steps: provision ComfyUI and custom nodes from the manifest (idempotent: a restart
+# re-checks in about a second), then exec the worker, which verifies (or downloads) the
+# models while ComfyUI starts (`serve --provision-models`) and is ready only once they are.
+# With COMFY_WORKER_MODELS_DIR and no extra_model_paths.yaml yet, models are provisioned
+# first (ComfyUI reads that file at start). The cold-start timeline (the `ready` log line,
+# /metrics) starts here: COMFY_WORKER_T0 and COMFY_WORKER_PROVISIONED_AT are exported. Output goes to the container's stdout (what Vast's console shows) and to
 # $COMFY_WORKER_LOG_DIR/start_server.log. Safe to run again in the same container: a
 # previous worker started by this script is stopped first.
 #
@@ -22,6 +25,8 @@
 #   COMFY_WORKER_ROUTER_PORT  local mode: the emulator's port (default 8081)
 #   HF_TOKEN, CIVITAI_TOKEN   for gated model files (never printed)
 set -Eeuo pipefail
+COMFY_WORKER_T0=${COMFY_WORKER_T0:-$(date +%s.%N)}
+export COMFY_WORKER_T0
 
 COMFY_WORKER_HOME=${COMFY_WORKER_HOME:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)}
 COMFYUI_PATH=${COMFYUI_PATH:-/opt/ComfyUI}
@@ -109,11 +114,18 @@ else
   if [ "$COMFY_WORKER_PROVISION" = 0 ]; then
     say "provisioning skipped (COMFY_WORKER_PROVISION=0)"
   else
+    provision=(provision --manifest "$COMFY_WORKER_MANIFEST" --comfyui-path "$COMFYUI_PATH")
+    if [ -z "${COMFY_WORKER_MODELS_DIR:-}" ] || [ -f "$COMFYUI_PATH/extra_model_paths.yaml" ]; then
+      provision+=(--skip-models) # the worker verifies the models while ComfyUI starts
+      serve+=(--provision-models "$COMFY_WORKER_MANIFEST")
+    fi
     say "provisioning from $COMFY_WORKER_MANIFEST"
     started=$(date +%s)
-    "$COMFY_WORKER_BIN" provision --manifest "$COMFY_WORKER_MANIFEST" --comfyui-path "$COMFYUI_PATH" \
+    "$COMFY_WORKER_BIN" "${provision[@]}" \
       || die "provisioning failed (see above); the worker was not started"
     say "provisioned in $(($(date +%s) - started)) s"
+    COMFY_WORKER_PROVISIONED_AT=$(date +%s.%N)
+    export COMFY_WORKER_PROVISIONED_AT
   fi
   serve+=(--comfyui-path "$COMFYUI_PATH")
   [ -z "${COMFYUI_PYTHON:-}" ] || serve+=(--comfyui-python "$COMFYUI_PYTHON")

@@ -126,6 +126,7 @@ async def comfy_timeline(session: aiohttp.ClientSession, comfy_url: str,
 
 async def run_design(name: str, parallel: bool, args: argparse.Namespace, comfy_url: str, tmp: Path,
                      extra_env: dict[str, str] | None = None, comfy_args: list[str] | None = None) -> dict[str, Any]:
+    tmp.mkdir(parents=True, exist_ok=True)
     make = (lambda n: real_graph(args.size, n)) if args.comfyui_path else (lambda n: graph(args.size))
     wf = tmp / "bench.json"
     wf.write_text(json.dumps(make(0)))

@@ -4,6 +4,7 @@ Why: a worker that is slow to become ready costs GPU time nobody is served with 
 delays scaling; what is not measured cannot be shortened. Phases, in order:
 provision (start_server.sh's provisioning, when it ran: COMFY_WORKER_T0 and
 COMFY_WORKER_PROVISIONED_AT, epoch seconds it exports), comfyui_up (ComfyUI answers),
+models_verified (the models step run while ComfyUI started, worker/provision_overlap.py),
 ready_check (the classes, samplers and models the worker needs are there),
 first_model_load (the warm-up generation, which loads the model), benchmark (max_perf
 measured) and ready. The origin is COMFY_WORKER_T0 when set (the container's entrypoint
@@ -22,7 +23,7 @@ from comfy_bridge import logs
 
 log = logs.get(__name__)
 
-PHASES = ("provision", "comfyui_up", "ready_check", "first_model_load", "benchmark", "ready")
+PHASES = ("provision", "comfyui_up", "models_verified", "ready_check", "first_model_load", "benchmark", "ready")
 
 
 def process_start_epoch() -> float:

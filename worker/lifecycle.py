@@ -58,6 +58,7 @@ class WorkerLifecycle:
         benchmark_run: Callable[..., Awaitable[Measurement | None]] | None = None,
         on_measured: Callable[[Measurement], None] | None = None,
         state_dir: Path | None = None,
+        before_ready: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.workflows_dir = workflows_dir
@@ -70,6 +71,8 @@ class WorkerLifecycle:
         self.benchmark_run = benchmark_run
         self.on_measured = on_measured
         self.state_dir = state_dir or Path.cwd()
+        # Work that ran while ComfyUI started (worker/provision_overlap.py) and must end first.
+        self.before_ready = before_ready
         self.backend: ErrorSink | None = None
         self.error: str | None = None
         self.ready = asyncio.Event()
@@ -101,6 +104,9 @@ class WorkerLifecycle:
                 self._listening = True
             await self.supervisor.start()
             self.timeline.mark("comfyui_up")
+        if self.before_ready is not None:
+            await self.before_ready()
+            self.timeline.mark("models_verified")
         await readiness.check_ready(
             self._session,
             ready_url=f"{self.bridge_url}/ready",

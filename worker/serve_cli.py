@@ -56,6 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--endpoint", default="local", help="--local: endpoint name the emulator serves")
     p.add_argument("--api-key", default="local", help="--local: api key the emulator accepts")
     p.add_argument("--benchmark-workflow", type=Path, help="overrides COMFY_WORKER_BENCHMARK_WORKFLOW")
+    p.add_argument("--provision-models", type=Path, metavar="MANIFEST",
+                   help="with --comfyui-path: verify/download the manifest's models while ComfyUI starts")
     p.add_argument("--state-dir", type=Path,
                    help="where the benchmark result is kept (default COMFY_WORKER_STATE_DIR; --local: a temp dir)")
     p.add_argument("--deploy-file", type=Path,
@@ -101,6 +103,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
     from worker import benchmark
     from worker.lifecycle import WorkerLifecycle
     from worker.pyworker import ROUTE, build_worker
+    from worker.provision_overlap import ModelsProvisioning
     from worker.self_measure import SelfMeasure
     from worker.settings import DEFAULT_BENCHMARK, WorkerSettings
     from worker.workload import WorkloadModel
@@ -229,6 +232,11 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
             )
         elif args.comfyui_url:
             bridge_settings = bridge_settings.model_copy(update={"comfyui_url": args.comfyui_url.rstrip("/")})
+        models = None
+        if args.provision_models and args.comfyui_path:  # started now: it runs while ComfyUI starts
+            models = ModelsProvisioning(args.provision_models.resolve(), args.comfyui_path.resolve())
+            models.start()
+            cleanups.append(models.cancel)
         os.chdir(state)
 
         # 4. The bridge, in this process, on a loopback port the framework forwards to.
@@ -258,6 +266,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
             benchmark_run=measured.benchmark_run(f"http://127.0.0.1:{bridge_port}", job, workload),
             on_measured=measured.on_measured,
             state_dir=state,
+            before_ready=models.wait if models else None,
         )
         cleanups.append(lifecycle.close)
         worker = build_worker(settings, bridge_port=bridge_port, lifecycle=lifecycle,

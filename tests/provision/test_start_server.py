@@ -85,12 +85,14 @@ def test_local_mode_provisions_then_serves_with_the_emulator(root):
     assert done.returncode == 0, done.stdout + done.stderr
     provision, bench, serve = calls(root)
     assert provision == ["provision", "--manifest", root["env"]["COMFY_WORKER_MANIFEST"],
-                         "--comfyui-path", root["env"]["COMFYUI_PATH"]]
+                         "--comfyui-path", root["env"]["COMFYUI_PATH"], "--skip-models"]
+    # The models are verified by the worker while ComfyUI starts (worker/provision_overlap.py).
     assert bench[-1] == "--print-benchmark"
     assert serve[:5] == ["serve", "--port", "3000", "--state-dir", root["env"]["COMFY_WORKER_STATE_DIR"]]
     assert "--local" in serve and serve[serve.index("--router-port") + 1] == "8081"
     assert serve[serve.index("--comfyui-path") + 1] == root["env"]["COMFYUI_PATH"]
     assert serve[serve.index("--benchmark-workflow") + 1].endswith("benchmark_sdxl.json")
+    assert serve[serve.index("--provision-models") + 1] == root["env"]["COMFY_WORKER_MANIFEST"]
     serve_call = read_calls(root["calls"])[-1]
     assert serve_call["cwd"] == root["env"]["COMFY_WORKER_STATE_DIR"]
     log = (root["tmp"] / "log/start_server.log").read_text()
@@ -114,6 +116,13 @@ def test_vast_mode_serves_without_emulator_and_gets_a_certificate(root):
     again = start(root, {**VAST, "USE_SSL": "true"})
     assert again.returncode == 0 and len(calls(root, "python")) == 1  # certificate kept
     assert "TLS certificate present" in again.stdout
+
+
+def test_models_on_a_new_volume_are_provisioned_before_comfyui_starts(root):
+    done = start(root, {"COMFY_WORKER_MODELS_DIR": str(root["tmp"] / "volume")})
+    assert done.returncode == 0, done.stdout + done.stderr
+    provision, _, serve = calls(root)
+    assert "--skip-models" not in provision and "--provision-models" not in serve  # extra_model_paths.yaml first
 
 
 def test_vast_mode_names_missing_variables(root):
