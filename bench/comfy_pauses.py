@@ -161,8 +161,8 @@ async def launch(args: argparse.Namespace, freeze: bool, workdir: Path) -> tuple
     port = free_port()
     extra = gc_freeze.launch_args(workdir) if freeze else []
     if args.comfyui_path:
-        cmd = [args.comfyui_python or sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-               "--disable-auto-launch", "--output-directory", str(workdir / "output"), *extra]
+        cmd = [args.comfyui_python or sys.executable, "main.py", *args.comfy_args.split(), "--listen", "127.0.0.1",
+               "--port", str(port), "--disable-auto-launch", "--output-directory", str(workdir / "output"), *extra]
         cwd = str(args.comfyui_path)
     else:
         cmd = [sys.executable, "-m", "tests.comfy_double", "--port", str(port), "--root", str(workdir / "root"),
@@ -176,8 +176,15 @@ async def launch(args: argparse.Namespace, freeze: bool, workdir: Path) -> tuple
     return proc, url
 
 
+RESULTS: dict[str, dict[str, float]] = {}  # --json-out: per run, the figures printed
+
+
 def report(name: str, steps: dict[str, list[float]], busy_fraction: float, log_path: Path | None) -> None:
     n = len(steps["post"])
+    RESULTS[name.split()[0]] = {"prompts": n, "busy_4_inflight": busy_fraction,
+                                "stalls_over_100ms": sum(max(steps[s][i] for s in STEPS) > STALL_MS for i in range(n)),
+                                "max_step_ms": max(max(v) for v in steps.values()),
+                                **{f"{s}_p99_ms": pct(steps[s], 99) for s in STEPS}}
     print(f"\n{name}: {n} prompts one at a time")
     print(f"  {'step':<8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'>100 ms':>8}")
     for s in STEPS:
@@ -202,6 +209,8 @@ async def main() -> None:
     p.add_argument("--exec-ms", type=float, default=20.0, help="the double's execution time per prompt")
     p.add_argument("--start-timeout-s", type=float, default=180)
     p.add_argument("--only", choices=("stock", "frozen"), help="one of the two runs")
+    p.add_argument("--comfy-args", default="--cpu", help="flags for the launched ComfyUI (default --cpu; '' on a GPU)")
+    p.add_argument("--json-out", type=Path, help="also write the figures here")
     args = p.parse_args()
     print(f"comfy_pauses: {'ComfyUI at ' + args.comfyui_url if args.comfyui_url else args.comfyui_path or 'the ComfyUI double'}"
           f", {args.seconds:.0f} s sequential + {args.busy_seconds:.0f} s with 4 in flight each")
@@ -221,6 +230,8 @@ async def main() -> None:
                 await stop(proc)
             report(f"{name} ({'with' if freeze else 'without'} the gc.freeze pack)", steps, fraction,
                    Path(tmp) / "comfyui.log")
+    if args.json_out:
+        args.json_out.write_text(json.dumps(RESULTS, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Real ComfyUI on a GPU behind the bridge: bridge overhead, workload-model check,
-# concurrent vs sequential (bench/gpu_measure.py). Made for the device tool's GPU machine
-# (Python 3.12 with torch, no network), run from the repo root:
+# Everything measured on a GPU box in one go, ending with one table (issue 14): ComfyUI's
+# 10-second pause with and without the gc.freeze pack (bench/comfy_pauses.py); bridge
+# overhead and res_2s vs euler (bench/gpu_measure.py); units against measured time for
+# SD1.5 512² / SDXL 1024², euler / res_2s, batch 1 / 4 (bench/gpu_units.py); the cold
+# start of `comfy-worker serve` (its `ready` line); delivery to S3 at saturation
+# (bench/pipeline.py --s3, when SeaweedFS's `weed` is installed). Made for the device
+# tool's GPU machine (Python 3.12 with torch, no network), run from the repo root:
 #
 #   bash bench/gpu_check.sh            # on the GPU machine, with `carry: [".gpu"]`
 #
@@ -12,7 +16,8 @@
 # bridge (bench/gpu_bridge.py), measure, stop both. Logs and results go to $OUT.
 #
 # Knobs (env): PY, BRIDGE_PY (default $PY), SITE, SKIP_WHEELS=1, COMFY_PYTHONPATH,
-# BRIDGE_PYTHONPATH, COMFY_ARGS (e.g. --cpu), CKPT, ARCH (sdxl), MEASURE_ARGS, WORK.
+# BRIDGE_PYTHONPATH, COMFY_ARGS (e.g. --cpu), CKPT, ARCH (sdxl), MEASURE_ARGS, WORK,
+# PAUSE_SECONDS (60), UNITS_RUNS (3), SKIP="pauses units cold s3" (any of them).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
@@ -78,25 +83,43 @@ fi
 mkdir -p "$CUI/models/checkpoints" "$WORK/fe"
 echo '<!doctype html><title>no frontend</title>' >"$WORK/fe/index.html"
 
+SKIP=${SKIP:-}
+want() { case " $SKIP " in *" $1 "*) return 1 ;; *) return 0 ;; esac; }
+build_ckpt() { # arch
+  [ -f "$CUI/models/checkpoints/$1_random.safetensors" ] && return 0
+  log "building a random $1 checkpoint on the GPU"
+  if ! "$PY" bench/gpu_ckpt.py --comfyui-path "$CUI" --out "$CUI/models/checkpoints" --arch "$1" --device cuda \
+      2>"$OUT/ckpt-$1.err"; then
+    tail -n 15 "$OUT/ckpt-$1.err"
+    log "GPU build failed; falling back to tools/make_checkpoints.py on the CPU (slow)"
+    "$PY" tools/make_checkpoints.py --comfyui-path "$CUI" --out "$CUI/models/checkpoints" --arch "$1" \
+      >>"$OUT/ckpt-$1.err" 2>&1 || { tail -n 20 "$OUT/ckpt-$1.err"; fail "checkpoint $1"; }
+  fi
+}
 CKPT_FILE=${ARCH}_random.safetensors
 if [ -n "${CKPT:-}" ]; then
   CKPT_FILE=$(basename "$CKPT")
   ln -sf "$CKPT" "$CUI/models/checkpoints/$CKPT_FILE"
 else
-  log "building a random $ARCH checkpoint on the GPU"
-  if ! "$PY" bench/gpu_ckpt.py --comfyui-path "$CUI" --out "$CUI/models/checkpoints" --arch "$ARCH" --device cuda \
-      2>"$OUT/ckpt.err"; then
-    tail -n 15 "$OUT/ckpt.err"
-    log "GPU build failed; falling back to tools/make_checkpoints.py on the CPU (slow)"
-    "$PY" tools/make_checkpoints.py --comfyui-path "$CUI" --out "$CUI/models/checkpoints" --arch "$ARCH" \
-      >>"$OUT/ckpt.err" 2>&1 || { tail -n 20 "$OUT/ckpt.err"; fail "checkpoint"; }
-  fi
+  build_ckpt "$ARCH"
 fi
+if want units; then build_ckpt sd15; fi
+
+if want pauses; then
+  log "ComfyUI's pauses, stock vs gc.freeze pack (${PAUSE_SECONDS:-60} s + 20 s each)"
+  PYTHONPATH=$BRIDGE_PYTHONPATH "$BRIDGE_PY" bench/comfy_pauses.py --comfyui-path "$CUI" --comfyui-python "$PY" \
+    --comfy-args "${COMFY_ARGS:-}" --seconds "${PAUSE_SECONDS:-60}" --busy-seconds 20 \
+    --json-out "$OUT/pauses.json" 2>&1 | tee "$OUT/pauses.txt"
+fi
+# The ComfyUI below loads the gc.freeze pack the way the README tells external users to.
+FREEZE_FLAGS=$(PYTHONPATH=$BRIDGE_PYTHONPATH "$BRIDGE_PY" -m comfy_bridge.comfyui.gc_freeze "$WORK" 2>/dev/null \
+  | sed 's/^add to ComfyUI.s command line: //')
 
 log "starting ComfyUI on :$COMFY_PORT"
 # shellcheck disable=SC2086  # COMFY_ARGS is a list of flags
+# shellcheck disable=SC2086  # FREEZE_FLAGS: the flag and its file
 "$PY" "$CUI/main.py" --listen 127.0.0.1 --port "$COMFY_PORT" --front-end-root "$WORK/fe" \
-  --disable-auto-launch ${COMFY_ARGS:-} >"$OUT/comfyui.log" 2>&1 &
+  --disable-auto-launch ${COMFY_ARGS:-} $FREEZE_FLAGS >"$OUT/comfyui.log" 2>&1 &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$COMFY_PORT/system_stats" 300 "${PIDS[0]}" || fail "ComfyUI did not answer"
 log "ComfyUI answers; import failures: $(grep -c 'IMPORT FAILED' "$OUT/comfyui.log")"
@@ -116,4 +139,46 @@ PYTHONPATH=$BRIDGE_PYTHONPATH "$BRIDGE_PY" bench/gpu_measure.py --bridge-url "ht
 rc=${PIPESTATUS[0]}
 [ "$rc" = 0 ] || fail "gpu_measure.py exited $rc"
 grep -E 'Prompt executed|Model .* loaded|loaded completely' "$OUT/comfyui.log" | tail -n 3
+
+if want units; then
+  log "units against measured time"
+  PYTHONPATH=$BRIDGE_PYTHONPATH "$BRIDGE_PY" bench/gpu_units.py --bridge-url "http://127.0.0.1:$BRIDGE_PORT" \
+    --models-dir "$CUI/models" --sd15 sd15_random.safetensors --sdxl "$CKPT_FILE" --runs "${UNITS_RUNS:-3}" \
+    --json-out "$OUT/units.json" 2>&1 | tee "$OUT/units.txt"
+fi
+cleanup
+PIDS=()
+
+if want cold; then
+  log "cold start: comfy-worker serve --local --comfyui-path (fresh state)"
+  "$BRIDGE_PY" -c 'import json, sys; sys.path.insert(0, "bench"); from gpu_measure import graph
+print(json.dumps(graph(sys.argv[1], 1024, 20, "euler", "normal", 7.0)))' "$CKPT_FILE" >"$WORK/bench_sdxl.json"
+  rm -rf "$WORK/cold-state"
+  COMFY_BRIDGE_COMFYUI_EXTRA_ARGS="--front-end-root $WORK/fe ${COMFY_ARGS:-}" PYTHONPATH=$BRIDGE_PYTHONPATH \
+    COMFY_WORKER_T0=$(date +%s.%N) "$BRIDGE_PY" -m worker serve --local --comfyui-path "$CUI" --comfyui-python "$PY" \
+    --comfyui-port 0 --port 0 --router-port 0 --benchmark-workflow "$WORK/bench_sdxl.json" \
+    --state-dir "$WORK/cold-state" >"$OUT/cold.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 1 600); do
+    grep -q '"msg": "ready"' "$OUT/cold.log" && break
+    kill -0 "${PIDS[0]}" 2>/dev/null || break
+    sleep 0.5
+  done
+  grep '"msg": "ready"' "$OUT/cold.log" | tail -n 1 | tee "$OUT/cold_ready.json"
+  cleanup
+  PIDS=()
+fi
+
+if want s3; then
+  if PYTHONPATH=$BRIDGE_PYTHONPATH "$BRIDGE_PY" -c 'from tests.io.seaweed import weed_binary; import sys; sys.exit(weed_binary() is None)'; then
+    log "delivery to S3 at saturation (SeaweedFS), stock vs gc.freeze pack"
+    PYTHONPATH=$BRIDGE_PYTHONPATH "$BRIDGE_PY" bench/pipeline.py --s3 --comfyui-path "$CUI" --comfyui-python "$PY" \
+      --comfy-args "${COMFY_ARGS:-}" --size 1024 --requests 30 --repeat 3 --json-out "$OUT/pipeline.json" 2>&1 \
+      | tee "$OUT/pipeline.txt"
+  else
+    log "no SeaweedFS (weed) here: the S3 pipeline is skipped"
+  fi
+fi
+
+PYTHONPATH=$BRIDGE_PYTHONPATH "$BRIDGE_PY" bench/gpu_table.py "$OUT"
 log "done"

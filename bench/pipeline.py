@@ -274,7 +274,7 @@ async def main_s3(args: argparse.Namespace) -> int:
                                   *(["--comfyui-python", args.comfyui_python] if args.comfyui_python else [])]
                     rows.append(await run_design(name, True, args, "", tmp / name.replace(" ", "_"),
                                                  {**env, "COMFY_BRIDGE_COMFYUI_GC_FREEZE": str(freeze).lower(),
-                                                  "COMFY_BRIDGE_COMFYUI_EXTRA_ARGS": "--cpu"}, comfy_args))
+                                                  "COMFY_BRIDGE_COMFYUI_EXTRA_ARGS": args.comfy_args}, comfy_args))
                     continue
                 folder = tmp / name.replace(" ", "_")
                 folder.mkdir(parents=True)
@@ -306,6 +306,8 @@ async def main_s3(args: argparse.Namespace) -> int:
               f"{r.get('overlap', float('nan')):>8.2f} {r['p50_s']:>6.2f} {r['max_s']:>6.2f}")
     print(f"answers with outputs in S3: {DELIVERED['s3']}, inline: {DELIVERED['inline']}; "
           "target: span busy >= 0.99 with S3 on")
+    if args.json_out:
+        args.json_out.write_text(json.dumps(rows, indent=1))
     return 0
 
 
@@ -319,4 +321,6 @@ if __name__ == "__main__":
     p.add_argument("--gc-objects", type=int, default=0, help="--s3: the double's gc pause; adds a frozen run")
     p.add_argument("--comfyui-path", type=Path, help="--s3: a real ComfyUI launched by the worker")
     p.add_argument("--comfyui-python", help="its Python")
+    p.add_argument("--comfy-args", default="--cpu", help="--comfyui-path: ComfyUI's flags (default --cpu; '' on a GPU)")
+    p.add_argument("--json-out", type=Path, help="--s3: also write the rows here")
     sys.exit(asyncio.run(main(p.parse_args())))
