@@ -107,6 +107,11 @@ async def test_killed_comfyui_gives_503_then_restarts(tmp_path: Path):
     serve = Serve(proc, log_path)
     try:
         await serve.read_until("ready: max_perf", 600)
+        comfy_log = next((tmp_path / "state").glob("bench-*/comfyui.log")).read_text(errors="replace")
+        assert "cvw_gc_freeze: froze" in comfy_log  # the supervised ComfyUI loaded the gc.freeze pack last
+        [ready] = [json.loads(ln) for ln in serve.log().splitlines() if '"msg": "ready"' in ln]
+        assert {"comfyui_up", "ready_check", "first_model_load", "benchmark", "ready"} <= set(ready["startup_s"])
+        assert ready["benchmark"]["generations"] == 1  # max_perf from ComfyUI's timings: warm-up + 1
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=900)) as session:
             # Warm: the checkpoint loads once, so the killed prompt is killed while sampling.
             status, body = await call(session, serve.router, {"workflow_json": graphs.sd15_t2i(steps=1, seed=1)})
