@@ -103,3 +103,12 @@ def test_unreadable_state_file_starts_without_corrections(tmp_path: Path) -> Non
     path = tmp_path / FILE_NAME
     path.write_text("{not json")
     assert ShapeCorrections(path).factor(graph()) == 1.0
+
+
+def test_family_is_found_through_loras_and_model_patches() -> None:
+    g = graph(ckpt="v1-5-pruned-emaonly.safetensors", w=512, h=512)
+    g["20"] = {"class_type": "LoraLoader", "inputs": {"model": ["4", 0], "clip": ["4", 1], "lora_name": "x.safetensors",
+                                                      "strength_model": 1.0, "strength_clip": 1.0}}
+    g["21"] = {"class_type": "ModelSamplingDiscrete", "inputs": {"model": ["20", 0], "sampling": "eps", "zsnr": False}}
+    g["3"]["inputs"]["model"] = ["21", 0]
+    assert WorkloadModel().graph_units(g) == pytest.approx(1 + 20 * 0.25 * 1.65)
