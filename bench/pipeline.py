@@ -22,7 +22,7 @@ A third row calibrates the machine: the same N prompts posted straight to the do
 printed: ComfyUI's own busy share (sum of execution_ms the bridge measured / wall), and
 p50 / max latency. The target for the primed design is 0.95 or more at saturation.
 
-    .venv/bin/python bench/pipeline.py --s3 [--gc-objects 500000] [--comfyui-path DIR --comfyui-python PY]
+    .venv/bin/python bench/pipeline.py --s3 [--gc-objects 2000000] [--comfyui-path DIR --comfyui-python PY]
 
 `--s3` delivers every output to a real SeaweedFS bucket instead (tests/io/seaweed.py) and
 reads ComfyUI's own timeline back from /history: "span busy" is the sum of execution
