@@ -52,7 +52,7 @@ class InlineDestination:
             else:
                 encoded = _encode(art)
             out = InlineOutputFile(
-                filename=art.filename,
+                filename=inline_name(job, art.filename),
                 node_id=art.node_id,
                 output_type=art.output_type,
                 mimetype=art.mimetype,
@@ -62,6 +62,12 @@ class InlineDestination:
             out._encoded = encoded
             outputs.append(out)
         return outputs
+
+
+def inline_name(job: JobInput, filename: str) -> str:
+    """`<request_id>_<filename>`: a caller saving every answer's files in one folder never
+    has two requests' `ComfyUI_00001_.png` collide."""
+    return filename if filename.startswith(f"{job.request_id}_") else f"{job.request_id}_{filename}"
 
 
 class InlineOutputFile(OutputFile):

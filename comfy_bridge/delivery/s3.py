@@ -7,7 +7,8 @@ the request's `s3` object, each field falling back to the environment:
     S3_PREFIX, S3_PRESIGN_EXPIRY_S (3600), S3_RETRIES (4), S3_RETRY_BACKOFF_S (0.5),
     S3_MULTIPART_THRESHOLD_BYTES (8 MiB), S3_MAX_CONCURRENCY (16)
 
-Keys are `prefix/request_id/filename`. Uploads run on boto3's transfer manager (its own
+Keys are `prefix/request_id/run_id/filename`: each run of a request_id has its own keys,
+so a resend's upload never overwrites the object an earlier answer's URL points to. Uploads run on boto3's transfer manager (its own
 threads, multipart past the threshold), so the event loop keeps serving other requests
 and the next prompt runs while this one's files upload. Each file is retried with
 exponential backoff; errors that no retry can fix (bad credentials, no such bucket) fail
@@ -74,9 +75,10 @@ class S3Target:
     # The checked addresses a request's own endpoint is connected to (delivery/endpoint.py).
     pinned_addresses: tuple[str, ...] = ()
 
-    def key_for(self, request_id: str, filename: str) -> str:
+    def key_for(self, run_key: str, filename: str) -> str:
+        """`prefix/request_id/run_id/filename`, from `JobInput.run_key`."""
         prefix = self.prefix.strip("/")
-        return f"{prefix}/{request_id}/{filename}" if prefix else f"{request_id}/{filename}"
+        return f"{prefix}/{run_key}/{filename}" if prefix else f"{run_key}/{filename}"
 
     def secrets(self) -> list[str]:
         return [s.get_secret_value() for s in (self.access_key_id, self.secret_access_key) if s]
@@ -362,7 +364,7 @@ class S3Destination:
             error = shared_error or describe_error(result, secrets)
             outputs.append(await self._preserve(job, original, artifact, error))
         if failures:
-            where = f"s3://{target.bucket}/{target.key_for(job.request_id, '')}"
+            where = f"s3://{target.bucket}/{target.key_for(job.run_key, '')}"
             log.error(
                 "delivery failed: %d of %d outputs not uploaded to %s",
                 failures, len(outputs), where,
@@ -377,7 +379,7 @@ class S3Destination:
     async def _deliver_one(
         self, job: JobInput, target: S3Target, client: _Client, artifact: Artifact
     ) -> OutputFile:
-        key = target.key_for(job.request_id, artifact.filename)
+        key = target.key_for(job.run_key, artifact.filename)
         mimetype = _mimetype(artifact)
         retries = self.settings.s3.retries
         backoff = self.settings.s3.retry_backoff_s
