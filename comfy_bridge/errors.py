@@ -7,6 +7,7 @@ retrying the same request elsewhere can help, so the routes never guess.
     ├── BadRequest                   422  the payload is malformed or names something wrong
     │   ├── PayloadTooLarge          413  body over the configured limit
     │   ├── RequestIdInUse           409  a different request with this request_id is in flight here
+    │   ├── OutputNotFound           404  no spooled output under that spool_key (GET /outputs/...)
     │   ├── InvalidWorkflow          422  graph shape is wrong (no class_type, dangling link...)
     │   ├── UnknownTemplate          422  modifier names no template in workflows/
     │   ├── InvalidInputImage        422  an entry of `images` cannot be decoded or fetched
@@ -76,6 +77,13 @@ class RequestIdInUse(BadRequest):
 
     status = 409
     type = "request_id_in_use"
+
+
+class OutputNotFound(BadRequest):
+    """The spool holds no file under the spool_key asked for (delivered since, or evicted)."""
+
+    status = 404
+    type = "output_not_found"
 
 
 class InvalidWorkflow(BadRequest):

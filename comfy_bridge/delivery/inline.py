@@ -14,6 +14,7 @@ import uuid
 import pybase64
 from pydantic import PrivateAttr
 
+from comfy_bridge.delivery import redeliver
 from comfy_bridge.delivery.base import Artifact
 from comfy_bridge.delivery.convert import convert_artifacts
 from comfy_bridge.errors import DeliveryFailed
@@ -30,6 +31,7 @@ class InlineDestination:
     name = "inline"
 
     def __init__(self, settings: BridgeSettings) -> None:
+        self.settings = settings
         self.max_bytes = settings.max_inline_bytes
 
     async def deliver(self, job: JobInput, artifacts: list[Artifact]) -> list[OutputFile]:
@@ -37,13 +39,15 @@ class InlineDestination:
         sizes = [a.size for a in artifacts]
         total = sum(sizes)
         if total > self.max_bytes:
+            kept = await self._spool(job, artifacts, sizes)
             raise DeliveryFailed(
                 f"outputs total {total} bytes, over the {self.max_bytes}-byte limit for inline "
                 "delivery; give an `s3` destination (or raise COMFY_BRIDGE_MAX_INLINE_BYTES). "
-                "The files were kept on the worker.",
+                "The files were kept on the worker's spool (each output's spool_key).",
                 retriable=False,  # the same request would fail anywhere
                 total_bytes=total,
                 max_inline_bytes=self.max_bytes,
+                output=kept,
             )
         outputs = []
         for art, size in zip(artifacts, sizes):
@@ -62,6 +66,19 @@ class InlineDestination:
             out._encoded = encoded
             outputs.append(out)
         return outputs
+
+    async def _spool(self, job: JobInput, artifacts: list[Artifact], sizes: list[int]) -> list[dict]:
+        """Move outputs too big to return into the spool (ComfyUI's folder is emptied after)."""
+        spool = redeliver.shared(self.settings).spool
+        listed = []
+        for art, size in zip(artifacts, sizes):
+            entry = OutputFile(filename=art.filename, node_id=art.node_id, output_type=art.output_type,
+                               mimetype=art.mimetype, bytes=size, upload_error="too big to return inline")
+            path = await spool.keep(job.run_key, art)
+            if path is not None:
+                entry.spool_key = spool.key_of(path)
+            listed.append(entry.model_dump(exclude_none=True))
+        return listed
 
 
 def inline_name(job: JobInput, filename: str) -> str:

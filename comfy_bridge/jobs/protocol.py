@@ -168,6 +168,11 @@ class OutputFile(BaseModel):
     s3_key: str | None = None
     data: str | None = Field(default=None, description="base64 when returned inline")
     upload_error: str | None = None
+    spool_key: str | None = Field(
+        default=None,
+        description="kept on the worker's spool under this key: GET /outputs/{spool_key} on the "
+        "bridge, or the worker's signed POST /outputs/fetch with {\"spool_key\": ...}",
+    )
 
 
 class Timings(BaseModel):

@@ -198,8 +198,11 @@ class JobRunner:
             if events is not None:
                 events.delivered(outputs)
             outputs_ms = (time.monotonic() - t_out) * 1000
-        except DeliveryFailed:
-            out_dir = ""  # keep the files: they were made and may still be fetched
+        except DeliveryFailed as err:
+            # Undelivered files were moved to the spool (fetchable, re-uploaded when S3 is
+            # back); ComfyUI's folder is emptied as after any outcome. A disk error: they stay.
+            if err.details.get("errno") is not None:
+                out_dir = ""
             raise
         finally:
             self._cleanup(out_dir, uploaded)

@@ -159,11 +159,15 @@ async def test_comfyui_down_is_503_retriable(make_bridge, tmp_path):
     assert err["retriable"] is True
 
 
-async def test_inline_limit_is_502_and_files_kept(double, make_bridge):
-    bridge = await make_bridge(double.url, double.root, max_inline_bytes=10)
-    status, body = await bridge.generate(save_graph())
+async def test_inline_limit_is_502_and_files_kept(double, make_bridge, tmp_path):
+    bridge = await make_bridge(double.url, double.root, max_inline_bytes=10, spool_dir=tmp_path / "spool")
+    status, body = await bridge.generate(save_graph(), request_id="too-big")
     assert_failure(status, body, 502, "delivery_failed", "inline delivery")
-    assert [p for p in double.output_dir.rglob("*.png")]
+    [out] = body["output"]
+    # Kept on the spool under its spool_key; ComfyUI's output folder is emptied (issue 10 item 5).
+    assert out["spool_key"].startswith("too-big/") and (tmp_path / "spool" / out["spool_key"]).is_file()
+    await bridge.runner.drain()
+    assert not [p for p in double.output_dir.rglob("*") if p.is_file()]
 
 
 async def test_a_graph_whose_links_loop_is_422_naming_the_cycle(bridge):

@@ -163,8 +163,10 @@ async def test_wrong_credentials_fail_fast_with_outputs_kept(seaweed, make_setti
     assert all("SignatureDoesNotMatch" in o["upload_error"] for o in outputs)
     assert base64.b64decode(outputs[0]["data"]) == small  # under max_inline_bytes: inline
     assert "data" not in outputs[1]  # over it: only on the spool
-    spooled = Path(settings.spool_dir) / "creds"
-    assert (spooled / "s.png").read_bytes() == small and (spooled / "b.mp4").read_bytes() == big
+    spool = Path(settings.spool_dir)
+    assert [o["spool_key"].rsplit("/", 1)[1] for o in outputs] == ["s.png", "b.mp4"]
+    assert (spool / outputs[0]["spool_key"]).read_bytes() == small
+    assert (spool / outputs[1]["spool_key"]).read_bytes() == big
     body = json.dumps({"error": err.to_dict()})
     assert_no_secrets(body + caplog.text, secret, seaweed.secret_key)
 
@@ -204,7 +206,8 @@ async def test_server_killed_mid_upload_retries_then_keeps_outputs(own_seaweed, 
     [out] = info.value.details["output"]
     assert out["upload_error"] and out["bytes"] == len(data)
     assert hashlib.sha256(base64.b64decode(out["data"])).digest() == hashlib.sha256(data).digest()
-    assert (Path(settings.spool_dir) / "killed" / "movie.mp4").read_bytes() == data
+    assert out["spool_key"].startswith("killed/") and out["spool_key"].endswith("/movie.mp4")
+    assert (Path(settings.spool_dir) / out["spool_key"]).read_bytes() == data
     assert not art.path.exists()
 
 
