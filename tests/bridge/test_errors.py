@@ -191,7 +191,7 @@ async def test_external_comfyui_without_its_path_says_at_start_it_cannot_clean_u
     with json_logs(logging.WARNING) as stream:
         await make_bridge(double.url)  # no comfyui_path
     [line] = [json.loads(x) for x in stream.getvalue().splitlines() if "cannot be removed" in x]
-    assert line["level"] == "warning" and "COMFY_BRIDGE_COMFYUI_PATH" in line["message"]
+    assert line["level"] == "warning" and "COMFY_BRIDGE_COMFYUI_PATH" in line["msg"]
     with json_logs(logging.WARNING) as stream:
         await make_bridge(double.url, double.root)
     assert "cannot be removed" not in stream.getvalue()
