@@ -3,7 +3,9 @@
 For a 1024x1024 PNG (1.8 MB) the encoding and JSON serialisation are most of what a
 bridge adds (FACTS.md), so each file is encoded once with SIMD base64 and the response
 body is assembled as bytes around the encoded blobs (`render`) instead of passing
-megabytes through a JSON serialiser.
+megabytes through a JSON serialiser. Files above `STREAM_ABOVE_BYTES` are not encoded
+here at all: they stream from disk as the body is written (delivery/stream.py), so no
+big output is ever held whole in memory.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pydantic import PrivateAttr
 from comfy_bridge.delivery import redeliver
 from comfy_bridge.delivery.base import Artifact
 from comfy_bridge.delivery.convert import convert_artifacts
+from comfy_bridge.delivery.stream import Base64File
 from comfy_bridge.errors import DeliveryFailed
 from comfy_bridge.jobs.protocol import GenerateResponse, JobInput, OutputFile
 from comfy_bridge.settings import BridgeSettings
@@ -25,6 +28,10 @@ from comfy_bridge.settings import BridgeSettings
 _THREAD_ABOVE_BYTES = 4 * 1024 * 1024
 # Strings shorter than this are left to the JSON serialiser.
 _SPLICE_ABOVE_CHARS = 4096
+# Files on disk above this stream into the body (delivery/stream.py) instead of being encoded.
+STREAM_ABOVE_BYTES = 16 * 1024 * 1024
+
+Part = bytes | Base64File
 
 
 class InlineDestination:
@@ -51,6 +58,12 @@ class InlineDestination:
             )
         outputs = []
         for art, size in zip(artifacts, sizes):
+            if size > STREAM_ABOVE_BYTES and art.data is None and art.path is not None:
+                out = InlineOutputFile(filename=inline_name(job, art.filename), node_id=art.node_id,
+                                       output_type=art.output_type, mimetype=art.mimetype, bytes=size)
+                out._stream = await asyncio.to_thread(Base64File, art.path)
+                outputs.append(out)
+                continue
             if size > _THREAD_ABOVE_BYTES:
                 encoded = await asyncio.to_thread(_encode, art)
             else:
@@ -88,27 +101,34 @@ def inline_name(job: JobInput, filename: str) -> str:
 
 
 class InlineOutputFile(OutputFile):
-    """An OutputFile that also keeps its base64 as bytes, so rendering copies nothing."""
+    """An OutputFile that also keeps its base64 as bytes, so rendering copies nothing, or
+    (a big file) the open file its base64 streams from when the body is written."""
 
     _encoded: bytes | None = PrivateAttr(default=None)
+    _stream: Base64File | None = PrivateAttr(default=None)
 
 
 def _encode(art: Artifact) -> bytes:
     return pybase64.b64encode(art.read_bytes())
 
 
-def render_parts(response: GenerateResponse) -> list[bytes]:
+def render_parts(response: GenerateResponse) -> list[Part]:
     """The JSON body of `response` as pieces to write in order, big base64 blobs as-is.
 
     Base64 needs no JSON escaping, so each big string is replaced by a unique marker,
     the small remainder is serialised by pydantic, and the blobs go between the pieces:
-    a 2.4 MB blob is never copied into a joined string.
+    a 2.4 MB blob is never copied into a joined string, and a streamed file's base64
+    (a Base64File part) is made only while it is written.
     """
-    blobs: list[bytes] = []
+    blobs: list[Part] = []
     marker = f"@cvw-{uuid.uuid4().hex}-"
     outputs = []
     for out in response.output:
-        if out.data is not None and len(out.data) > _SPLICE_ABOVE_CHARS:
+        stream = getattr(out, "_stream", None)
+        if stream is not None:
+            outputs.append(out.model_copy(update={"data": f"{marker}{len(blobs)}@"}))
+            blobs.append(stream)
+        elif out.data is not None and len(out.data) > _SPLICE_ABOVE_CHARS:
             outputs.append(out.model_copy(update={"data": f"{marker}{len(blobs)}@"}))
             encoded = getattr(out, "_encoded", None)
             blobs.append(encoded if encoded is not None and len(encoded) == len(out.data) else out.data.encode("ascii"))
@@ -117,7 +137,7 @@ def render_parts(response: GenerateResponse) -> list[bytes]:
     if not blobs:
         return [response.model_dump_json().encode()]
     text = response.model_copy(update={"output": outputs}).model_dump_json().encode()
-    parts: list[bytes] = []
+    parts: list[Part] = []
     pos = 0
     for i, blob in enumerate(blobs):
         token = f"{marker}{i}@".encode()
@@ -130,4 +150,4 @@ def render_parts(response: GenerateResponse) -> list[bytes]:
 
 def render(response: GenerateResponse) -> bytes:
     """The JSON body of `response` in one piece."""
-    return b"".join(render_parts(response))
+    return b"".join(p if isinstance(p, bytes) else p.read_all() for p in render_parts(response))
