@@ -151,6 +151,23 @@ async def test_sd15_txt2img_two_steps(bridge, sd15_warm: RealComfy) -> None:
     assert body["timings"]["execution_ms"] > 0
 
 
+async def test_resend_while_in_flight_joins_and_another_payload_gets_409(bridge, sd15_warm: RealComfy) -> None:
+    """Issue 10 item 3 on a real ComfyUI: one GPU run for a request and its resend."""
+    from comfy_bridge.app import RUNNER_KEY
+
+    runner = bridge.app[RUNNER_KEY]
+    first = asyncio.ensure_future(bridge.generate(graphs.sd15_t2i(steps=4, seed=21), request_id="real-twice"))
+    while "real-twice" not in runner.inflight:
+        await asyncio.sleep(0.01)
+    resend = asyncio.ensure_future(bridge.generate(graphs.sd15_t2i(steps=4, seed=21), request_id="real-twice"))
+    other_status, other = await bridge.generate(graphs.sd15_t2i(steps=4, seed=22), request_id="real-twice")
+    (s1, b1), (s2, b2) = await asyncio.gather(first, resend)
+    assert s1 == s2 == 200 and b1["prompt_id"] == b2["prompt_id"], (b1, b2)
+    assert b1["output"][0]["data"] == b2["output"][0]["data"]
+    assert b1["output"][0]["filename"].startswith("real-twice_")
+    assert other_status == 409 and other["error"]["type"] == "request_id_in_use", other
+
+
 async def test_res4lyf_sampler_and_scheduler_in_ksampler(bridge, sd15_warm: RealComfy, object_info) -> None:
     if "res_2s" not in object_info["KSampler"]["input"]["required"]["sampler_name"][0]:
         pytest.skip("RES4LYF is not installed in this ComfyUI")
