@@ -8,14 +8,16 @@ the request's `s3` object, each field falling back to the environment:
     S3_MULTIPART_THRESHOLD_BYTES (8 MiB), S3_MAX_CONCURRENCY (16)
 
 Keys are `prefix/request_id/run_id/filename`: each run of a request_id has its own keys,
-so a resend's upload never overwrites the object an earlier answer's URL points to. Uploads run on boto3's transfer manager (its own
-threads, multipart past the threshold), so the event loop keeps serving other requests
-and the next prompt runs while this one's files upload. Each file is retried with
+so a resend's upload never overwrites the object an earlier answer's URL points to.
+Uploads run on boto3's transfer manager (its own threads, multipart past the threshold),
+so the event loop keeps serving other requests and the next prompt runs while this
+one's files upload. Each file is retried with
 exponential backoff; errors that no retry can fix (bad credentials, no such bucket) fail
 at once. When a file finally fails, nothing made is lost: it is moved into the spool and
 returned inline when small enough, and the request fails with 502 listing every output
 with its `upload_error` and `spool_key`; the spooled files are then re-uploaded in the
-background once S3 answers (delivery/redeliver.py). Credentials never appear in logs or error messages.
+background once S3 answers (delivery/redeliver.py). Credentials never appear in logs or
+error messages.
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ from s3transfer.subscribers import BaseSubscriber
 from comfy_bridge import logs
 from comfy_bridge import observability as obs
 from comfy_bridge.delivery import endpoint
-from comfy_bridge.delivery.base import Artifact, guess_mimetype
 from comfy_bridge.delivery import redeliver
+from comfy_bridge.delivery.base import Artifact, guess_mimetype
 from comfy_bridge.delivery.convert import convert_artifacts
 from comfy_bridge.delivery.spool import Spool
 from comfy_bridge.errors import DeliveryFailed

@@ -9,8 +9,8 @@ first after COMFY_BRIDGE_WEBHOOK_RETRY_BACKOFF_S (1 s), doubling, capped at 60 s
 attempt times out after COMFY_BRIDGE_WEBHOOK_TIMEOUT_S (10 s). Other statuses are final.
 
 Body: the response JSON (success or failure) with `extra_params` from the request added
-under that key; inline data only up to a cap (body.py). Signing: see `signing.py` (secret: `webhook.secret`, else
-COMFY_BRIDGE_WEBHOOK_SECRET).
+under that key; inline data only up to a cap (body.py). Signing: see `signing.py`
+(secret: `webhook.secret`, else COMFY_BRIDGE_WEBHOOK_SECRET).
 """
 
 from __future__ import annotations
