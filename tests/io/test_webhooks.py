@@ -174,3 +174,7 @@ async def test_big_inline_outputs_leave_the_webhook_body_urls_stay(make_settings
     receiver.received.clear()
     assert (await sender.schedule(job(url), {"id": "req-wh", "output": [small]})).delivered
     assert json.loads(receiver.received[0][1])["output"] == [small]  # under the cap: as is
+    receiver.received.clear()
+    streamed = {"filename": "v.mp4", "bytes": 10**9, "data": None}  # inline, streamed from disk
+    assert (await sender.schedule(job(url), {"id": "req-wh", "output": [small, streamed]})).delivered
+    assert [o.get("data_omitted") for o in json.loads(receiver.received[0][1])["output"]] == [None, True]
