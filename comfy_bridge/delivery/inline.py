@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import pybase64
 from pydantic import PrivateAttr
@@ -146,6 +147,17 @@ def render_parts(response: GenerateResponse) -> list[Part]:
         pos = at + len(token)
     parts.append(text[pos:])
     return parts
+
+
+async def write_parts(resp: Any, parts: list[Part]) -> None:
+    """Write rendered pieces to a prepared aiohttp StreamResponse; a streamed file's base64
+    (Base64File) is encoded chunk by chunk as it goes out."""
+    for part in parts:
+        if isinstance(part, bytes):
+            await resp.write(part)
+        else:
+            async for chunk in part.chunks():
+                await resp.write(chunk)
 
 
 def render(response: GenerateResponse) -> bytes:

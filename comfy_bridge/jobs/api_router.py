@@ -198,12 +198,7 @@ async def _write_parts(request: web.Request, parts: list[inline.Part]) -> web.St
     resp = web.StreamResponse(headers={"Content-Type": "application/json"})
     resp.content_length = sum(len(p) for p in parts)
     await resp.prepare(request)
-    for part in parts:
-        if isinstance(part, bytes):
-            await resp.write(part)
-        else:
-            async for chunk in part.chunks():
-                await resp.write(chunk)
+    await inline.write_parts(resp, parts)
     await resp.write_eof()
     return resp
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import tracemalloc
+
+from PIL import Image
 
 from comfy_bridge.delivery import inline
 from comfy_bridge.delivery.inline import InlineDestination, render, render_parts
@@ -56,3 +59,23 @@ async def test_small_outputs_are_still_encoded_at_once(make_settings, tmp_path):
     request = JobInput.model_validate({"request_id": "small", "workflow_json": GRAPH})
     [out] = await InlineDestination(make_settings()).deliver(request, [art])
     assert out.data is not None and base64.b64decode(out.data) == art.path.read_bytes()
+
+
+async def test_streamed_outputs_reach_callers_of_both_routes_intact(comfy_double, make_bridge, monkeypatch):
+    """Through HTTP: /generate/sync's body and /generate/stream's result event carry the
+    streamed base64 (any output streams when the threshold is lowered)."""
+    from tests.stream.conftest import post_stream
+    from tests.support import save_graph
+
+    monkeypatch.setattr(inline, "STREAM_ABOVE_BYTES", 10)
+    bridge = await make_bridge(comfy_double.url, comfy_double.root)
+    status, body = await bridge.generate(save_graph(width=300, height=200, color=0x336699), request_id="st-big")
+    assert status == 200, body
+    [out] = body["output"]
+    raw = base64.b64decode(out["data"])
+    assert len(raw) == out["bytes"] and raw.startswith(b"\x89PNG")
+    streamed = await post_stream(bridge, {"workflow_json": save_graph(width=300, height=200, color=0x336699)})
+    [again] = streamed.final.response.output
+    pixels = [Image.open(io.BytesIO(b)).convert("RGB") for b in (raw, base64.b64decode(again.data))]
+    assert [p.size for p in pixels] == [(300, 200)] * 2
+    assert [p.getpixel((5, 5)) for p in pixels] == [(0x33, 0x66, 0x99)] * 2
