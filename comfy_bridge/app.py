@@ -18,6 +18,7 @@ from aiohttp import web
 from comfy_bridge import logs
 from comfy_bridge import observability as obs
 from comfy_bridge.comfyui.client import ComfyClient
+from comfy_bridge.delivery import fetch_routes, redeliver
 from comfy_bridge.errors import ComfyUnavailable, ComfyUnrecoverable
 from comfy_bridge.inputs import InputStager
 from comfy_bridge.jobs.api_router import BridgeRoutes
@@ -72,6 +73,8 @@ def build_app(
         if isinstance(getattr(supervisor, "state", None), str):
             metrics.track_supervisor(supervisor)
     _watch_queue_depth(metrics, client)
+    redeliveries = redeliver.shared(settings)
+    redeliveries.notify = runner.webhooks.schedule if runner.webhooks is not None else None
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[CLIENT_KEY] = client
     app[RUNNER_KEY] = runner
@@ -81,12 +84,15 @@ def build_app(
     routes.register(app)
     StreamRoute(routes).register(app)
     template_routes.add_routes(app, templates)
+    fetch_routes.add_routes(app, redeliveries.spool)
     obs.add_routes(app, metrics)
 
     async def start(_: web.Application) -> None:
+        warn_if_cannot_clean_up(settings)
         await client.start()
 
     async def stop(_: web.Application) -> None:
+        await redeliveries.aclose()  # spooled files stay; they are fetchable after a restart
         try:
             await asyncio.wait_for(runner.aclose(), 10)  # cleanups, webhook hand-offs, sessions
         except asyncio.TimeoutError:
@@ -96,6 +102,19 @@ def build_app(
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
     return app
+
+
+def warn_if_cannot_clean_up(settings: BridgeSettings) -> bool:
+    """An external ComfyUI with no path: its folders are out of reach, so say so at start."""
+    if settings.comfyui_folder("output") is not None:
+        return False
+    log.warning(
+        "ComfyUI's folder is unknown (COMFY_BRIDGE_COMFYUI_PATH unset): outputs are fetched over "
+        "/view and cannot be removed from ComfyUI's output folder, nor inputs from its input "
+        "folder; they pile up there. Set COMFY_BRIDGE_COMFYUI_PATH (or --comfyui-path) to the "
+        "ComfyUI folder to have them cleaned up."
+    )
+    return True
 
 
 def _watch_queue_depth(metrics: obs.Metrics, client: ComfyClient) -> None:

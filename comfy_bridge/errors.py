@@ -6,6 +6,8 @@ retrying the same request elsewhere can help, so the routes never guess.
     BridgeError                      (500, not retriable)
     ├── BadRequest                   422  the payload is malformed or names something wrong
     │   ├── PayloadTooLarge          413  body over the configured limit
+    │   ├── RequestIdInUse           409  a different request with this request_id is in flight here
+    │   ├── OutputNotFound           404  no spooled output under that spool_key (GET /outputs/...)
     │   ├── InvalidWorkflow          422  graph shape is wrong (no class_type, dangling link...)
     │   ├── UnknownTemplate          422  modifier names no template in workflows/
     │   ├── InvalidInputImage        422  an entry of `images` cannot be decoded or fetched
@@ -64,6 +66,24 @@ class BadRequest(BridgeError):
 class PayloadTooLarge(BadRequest):
     status = 413
     type = "payload_too_large"
+
+
+class RequestIdInUse(BadRequest):
+    """A request reuses the request_id of one still running on this worker, with another payload.
+
+    Not retriable as is: the caller must pick a fresh request_id (or resend the same payload,
+    which joins the run in flight).
+    """
+
+    status = 409
+    type = "request_id_in_use"
+
+
+class OutputNotFound(BadRequest):
+    """The spool holds no file under the spool_key asked for (delivered since, or evicted)."""
+
+    status = 404
+    type = "output_not_found"
 
 
 class InvalidWorkflow(BadRequest):

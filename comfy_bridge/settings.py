@@ -68,6 +68,13 @@ class BridgeSettings(BaseSettings):
     # Outputs kept on disk when delivery failed, so nothing made is lost.
     spool_dir: Path = Path("/tmp/comfy-bridge-spool")
     spool_budget_bytes: int = Field(default=2 * 1024**3, ge=0)
+    # Spooled outputs of a failed S3 upload are re-uploaded in the background: the first try
+    # after S3_RETRY_BACKOFF_S, doubling up to this, for redeliver_for_s (delivery/redeliver.py).
+    redeliver_max_backoff_s: float = Field(default=60.0, gt=0)
+    redeliver_for_s: float = Field(default=24 * 3600.0, gt=0)
+    # Webhook bodies carry inline (base64) data only up to this many bytes of outputs in all;
+    # above it, the entries without `data` (S3 outputs carry their URLs either way).
+    webhook_max_inline_bytes: int = Field(default=4 * 1024 * 1024, ge=0)
 
     oom_retries: int = Field(default=1, ge=0)
     # A running prompt silent this long makes the bridge probe ComfyUI (jobs/watchdog.py);

@@ -1,8 +1,10 @@
 """The Vast PyWorker: `vastai.serverless.server.Worker` configured for ComfyUI.
 
-Two routes, `/generate/sync` and `/generate/stream` (Server-Sent Events, relayed by
-stream_relay.py with the same workload units), forwarded to the comfy_bridge app on
-loopback. How each piece of the configuration answers the issue:
+Three routes, forwarded to the comfy_bridge app on loopback: `/generate/sync`,
+`/generate/stream` (Server-Sent Events, relayed by stream_relay.py with the same workload
+units), and `/outputs/fetch` (`{"spool_key": ...}`: an output kept on the spool after a
+failed delivery, comfy_bridge/delivery/fetch_routes.py; zero load units, no benchmark,
+and signed like every PyWorker route). How each piece of the configuration answers the issue:
 
 - allow_parallel_requests=True: a request goes to the bridge, and so into ComfyUI's queue,
   the moment it arrives; the GPU starts the next prompt while the previous one's outputs
@@ -30,6 +32,7 @@ from aiohttp import ClientResponse, web
 from vastai.serverless.server import worker as vast
 
 from comfy_bridge import logs
+from comfy_bridge.delivery.fetch_routes import FETCH_ROUTE
 from worker import benchmark, body_cap, honest_metrics, stream_relay
 from worker.cost import CostSplicer
 from worker.lifecycle import WorkerLifecycle
@@ -45,13 +48,19 @@ _CHUNK = 256 * 1024
 def make_relay(
     lifecycle: WorkerLifecycle | None = None,
     gpu_price_per_hour: float | None = None,
+    *,
+    generation: bool = True,
 ) -> Callable[[web.Request, ClientResponse], Awaitable[web.StreamResponse]]:
     """The response generator: the bridge's answer, status and body, to the caller;
-    a success gains `cost` (worker/cost.py)."""
+    a success gains `cost` (worker/cost.py).
+
+    `generation=False` (the fetch route): its status says nothing of generations, so it
+    is not noted for honest_metrics, and its body (a file) is passed through as is."""
 
     async def relay(client_request: web.Request, model_response: ClientResponse) -> web.StreamResponse:
         status = model_response.status
-        honest_metrics.note_status(status)
+        if generation:
+            honest_metrics.note_status(status)
         content_type = model_response.headers.get("Content-Type", "application/json")
         try:
             if not 200 <= status < 300:
@@ -59,12 +68,14 @@ def make_relay(
                 _watch_failure(body, lifecycle)
                 return web.Response(body=body, status=status, headers={"Content-Type": content_type})
             resp = web.StreamResponse(status=status, headers={"Content-Type": content_type})
-            splicer = CostSplicer(gpu_price_per_hour)  # the body grows: no Content-Length
+            # The body grows: no Content-Length. A fetched file is not a generation: as is.
+            splicer = CostSplicer(gpu_price_per_hour) if generation else None
             await resp.prepare(client_request)
             async for chunk in model_response.content.iter_chunked(_CHUNK):
-                if out := splicer.feed(chunk):
+                if out := (splicer.feed(chunk) if splicer is not None else chunk):
                     await resp.write(out)
-            await resp.write(splicer.finish())
+            if splicer is not None:
+                await resp.write(splicer.finish())
             await resp.write_eof()
             return resp
         finally:
@@ -121,10 +132,17 @@ def build_worker(
             make_relay(lifecycle, settings.gpu_price_per_hour), lambda body: _watch_failure(body, lifecycle),
             settings.gpu_price_per_hour),
     )
+    fetch = vast.HandlerConfig(
+        route=FETCH_ROUTE,
+        allow_parallel_requests=True,
+        max_queue_time=None,  # reading a file from disk never waits for the GPU
+        workload_calculator=lambda payload: 0.0,
+        response_generator=make_relay(None, generation=False),
+    )
     config = vast.WorkerConfig(
         model_server_url="http://127.0.0.1",
         model_server_port=bridge_port,
-        handlers=[handler, stream_handler],
+        handlers=[handler, stream_handler, fetch],
         lifecycle=lifecycle,
     )
     level = logging.getLogger().level

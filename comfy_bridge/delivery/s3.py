@@ -7,13 +7,17 @@ the request's `s3` object, each field falling back to the environment:
     S3_PREFIX, S3_PRESIGN_EXPIRY_S (3600), S3_RETRIES (4), S3_RETRY_BACKOFF_S (0.5),
     S3_MULTIPART_THRESHOLD_BYTES (8 MiB), S3_MAX_CONCURRENCY (16)
 
-Keys are `prefix/request_id/filename`. Uploads run on boto3's transfer manager (its own
-threads, multipart past the threshold), so the event loop keeps serving other requests
-and the next prompt runs while this one's files upload. Each file is retried with
+Keys are `prefix/request_id/run_id/filename`: each run of a request_id has its own keys,
+so a resend's upload never overwrites the object an earlier answer's URL points to.
+Uploads run on boto3's transfer manager (its own threads, multipart past the threshold),
+so the event loop keeps serving other requests and the next prompt runs while this
+one's files upload. Each file is retried with
 exponential backoff; errors that no retry can fix (bad credentials, no such bucket) fail
 at once. When a file finally fails, nothing made is lost: it is moved into the spool and
 returned inline when small enough, and the request fails with 502 listing every output
-with its `upload_error`. Credentials never appear in logs or error messages.
+with its `upload_error` and `spool_key`; the spooled files are then re-uploaded in the
+background once S3 answers (delivery/redeliver.py). Credentials never appear in logs or
+error messages.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from s3transfer.subscribers import BaseSubscriber
 from comfy_bridge import logs
 from comfy_bridge import observability as obs
 from comfy_bridge.delivery import endpoint
+from comfy_bridge.delivery import redeliver
 from comfy_bridge.delivery.base import Artifact, guess_mimetype
 from comfy_bridge.delivery.convert import convert_artifacts
 from comfy_bridge.delivery.spool import Spool
@@ -74,9 +79,10 @@ class S3Target:
     # The checked addresses a request's own endpoint is connected to (delivery/endpoint.py).
     pinned_addresses: tuple[str, ...] = ()
 
-    def key_for(self, request_id: str, filename: str) -> str:
+    def key_for(self, run_key: str, filename: str) -> str:
+        """`prefix/request_id/run_id/filename`, from `JobInput.run_key`."""
         prefix = self.prefix.strip("/")
-        return f"{prefix}/{request_id}/{filename}" if prefix else f"{request_id}/{filename}"
+        return f"{prefix}/{run_key}/{filename}" if prefix else f"{run_key}/{filename}"
 
     def secrets(self) -> list[str]:
         return [s.get_secret_value() for s in (self.access_key_id, self.secret_access_key) if s]
@@ -304,7 +310,13 @@ class S3Destination:
         progress: ProgressHook | None = None,
     ) -> None:
         self.settings = settings
-        self.spool = spool or Spool(settings.spool_dir, settings.spool_budget_bytes)
+        if spool is None:
+            self.redeliveries = redeliver.shared(settings)
+        else:
+            self.redeliveries = redeliver.Redeliveries(
+                spool, first_backoff_s=settings.s3.retry_backoff_s,
+                max_backoff_s=settings.redeliver_max_backoff_s, for_s=settings.redeliver_for_s)
+        self.spool = self.redeliveries.spool
         self.clients = clients or S3Clients(settings.s3)
         # ComfyUI's output folder is not storage: delivered files are removed (item 6).
         self.remove_delivered = remove_delivered
@@ -352,6 +364,7 @@ class S3Destination:
         secrets = target.secrets()
         outputs: list[OutputFile] = []
         failures = 0
+        pending: list[redeliver.Pending] = []
         for original, artifact, result in zip(originals, converted, results):
             if isinstance(result, OutputFile):
                 outputs.append(result)
@@ -360,9 +373,15 @@ class S3Destination:
                 continue
             failures += 1
             error = shared_error or describe_error(result, secrets)
-            outputs.append(await self._preserve(job, original, artifact, error))
+            out = await self._preserve(job, original, artifact, error)
+            outputs.append(out)
+            kept = self.spool.resolve(out.spool_key) if out.spool_key else None
+            if kept is not None and shared_error is None and not is_permanent(result):
+                pending.append(redeliver.Pending(kept, target.key_for(job.run_key, artifact.filename), out))
+        if pending:
+            self.redeliveries.add(job, pending, functools.partial(self._reupload, target), is_permanent)
         if failures:
-            where = f"s3://{target.bucket}/{target.key_for(job.request_id, '')}"
+            where = f"s3://{target.bucket}/{target.key_for(job.run_key, '')}"
             log.error(
                 "delivery failed: %d of %d outputs not uploaded to %s",
                 failures, len(outputs), where,
@@ -377,7 +396,7 @@ class S3Destination:
     async def _deliver_one(
         self, job: JobInput, target: S3Target, client: _Client, artifact: Artifact
     ) -> OutputFile:
-        key = target.key_for(job.request_id, artifact.filename)
+        key = target.key_for(job.run_key, artifact.filename)
         mimetype = _mimetype(artifact)
         retries = self.settings.s3.retries
         backoff = self.settings.s3.retry_backoff_s
@@ -406,6 +425,12 @@ class S3Destination:
             url=url,
             s3_key=key,
         )
+
+    async def _reupload(self, target: S3Target, path: Any, key: str, mimetype: str) -> str:
+        """One try at uploading a spooled file (delivery/redeliver.py retries it)."""
+        client = await self.clients.get(target)
+        art = Artifact(filename=path.name, node_id="", output_type="", mimetype=mimetype, path=path)
+        return await self._upload(client, target, art, key, mimetype)
 
     async def _upload(
         self, client: _Client, target: S3Target, artifact: Artifact, key: str, mimetype: str
@@ -445,7 +470,7 @@ class S3Destination:
             data = await asyncio.to_thread(lambda: base64.b64encode(artifact.read_bytes()).decode())
         kept = None
         try:
-            kept = await self.spool.keep(job.request_id, artifact)
+            kept = await self.spool.keep(job.run_key, artifact)
         except OSError as exc:
             log.error("could not spool %s: %s", artifact.filename, exc)
         if kept is not None and artifact is not original and self.remove_delivered:
@@ -459,9 +484,11 @@ class S3Destination:
             bytes=size,
             data=data,
             upload_error=error + note,
+            spool_key=self.spool.key_of(kept) if kept is not None else None,
         )
 
     async def aclose(self) -> None:
+        await self.redeliveries.aclose()  # before the clients its uploads use
         await self.clients.aclose()
 
     def close(self) -> None:

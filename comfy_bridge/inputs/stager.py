@@ -1,9 +1,10 @@
 """Places a request's `images` where ComfyUI's LoadImage (and friends) can read them.
 
-Each request gets its own folder, `input/cvw/<request_id>/`, so two requests that both
-send `face.png` never see each other's file, and the folder goes when the request ends.
-The workflow refers to an image by its plain `name`; `stage` answers the path ComfyUI
-must see (`cvw/<request_id>/<name>`) and the job runner rewrites the graph's string inputs
+Each run gets its own folder, `input/cvw/<request_id>/<run_id>/`, so two requests that
+both send `face.png` never see each other's file, nor do two runs of one request_id (a
+resend starting while the first run's folder is being removed), and the folder goes when
+the run ends. The workflow refers to an image by its plain `name`; `stage` answers the
+path ComfyUI must see (`cvw/<request_id>/<run_id>/<name>`) and the job runner rewrites the graph's string inputs
 equal to a staged name. Files are written straight into ComfyUI's input folder when its
 path is known (no HTTP round trip), else uploaded with POST /upload/image.
 """
@@ -77,12 +78,13 @@ class InputStager:
         self._s3 = s3_clients or S3Clients(settings.s3)
         self._session: aiohttp.ClientSession | None = None
 
-    def subfolder(self, request_id: str) -> str:
-        return f"{SUBFOLDER}/{request_id}"
+    def subfolder(self, run_key: str) -> str:
+        return f"{SUBFOLDER}/{run_key}"
 
-    def request_dir(self, request_id: str) -> Path | None:
+    def request_dir(self, run_key: str) -> Path | None:
+        """`input/cvw/<request_id>/<run_id>` (`JobInput.run_key`), when ComfyUI's path is known."""
         inputs = self.settings.comfyui_folder("input")
-        return None if inputs is None else inputs / SUBFOLDER / request_id
+        return None if inputs is None else inputs / SUBFOLDER / run_key
 
     async def stage(self, job: JobInput) -> dict[str, str]:
         """Map each input name to the path LoadImage must be given; 422 naming a bad entry."""
@@ -128,7 +130,7 @@ class InputStager:
         try:
             for image, data in zip(images, loaded):
                 assert isinstance(data, bytes)
-                staged[image.name] = await self._place(job.request_id, image.name, data)
+                staged[image.name] = await self._place(job.run_key, image.name, data)
         except BaseException:
             await self.cleanup(job)
             raise
@@ -157,9 +159,9 @@ class InputStager:
         await asyncio.to_thread(_check_content, image.name, data)
         return data
 
-    async def _place(self, request_id: str, name: str, data: bytes) -> str:
-        subfolder = self.subfolder(request_id)
-        folder = self.request_dir(request_id)
+    async def _place(self, run_key: str, name: str, data: bytes) -> str:
+        subfolder = self.subfolder(run_key)
+        folder = self.request_dir(run_key)
         if folder is not None:
             await asyncio.to_thread(_write, folder / name, data)
             return f"{subfolder}/{name}"
@@ -180,17 +182,24 @@ class InputStager:
             )
         return self._session
 
-    async def cleanup(self, job: JobInput | str) -> None:
-        """Remove the request's input folder (when ComfyUI's path is known)."""
-        request_id = job if isinstance(job, str) else job.request_id
-        folder = self.request_dir(request_id)
+    async def cleanup(self, job: JobInput) -> None:
+        """Remove the run's input folder (when ComfyUI's path is known), and its request's if empty."""
+        folder = self.request_dir(job.run_key)
         if folder is not None:
-            await asyncio.to_thread(shutil.rmtree, folder, True)
+            await asyncio.to_thread(_remove_run_dir, folder)
 
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
         await self._s3.aclose()
+
+
+def _remove_run_dir(folder: Path) -> None:
+    shutil.rmtree(folder, True)
+    try:
+        folder.parent.rmdir()  # another run of this request_id may still use it: then it stays
+    except OSError:
+        pass
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -30,6 +30,7 @@ log = logs.get(__name__)
 
 _REQUEST_ID_RE = re.compile(REQUEST_ID_PATTERN)
 _READY_TIMEOUT_S = 3.0
+_THREAD_PARSE_BYTES = 1 << 20
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
@@ -78,7 +79,8 @@ class BridgeRoutes:
                 "instead of base64"
             ), None)
         try:
-            payload = json.loads(raw)
+            # A body of base64 images can be tens of MB: parse it off the event loop.
+            payload = await asyncio.to_thread(json.loads, raw) if len(raw) > _THREAD_PARSE_BYTES else json.loads(raw)
         except (ValueError, RecursionError):
             return (BadRequest(
                 'body is not JSON: send {"input": {"workflow_json": {...}}} with '
@@ -188,15 +190,15 @@ class BridgeRoutes:
         return json_response({"status": "ready", "comfyui_version": system.get("comfyui_version")})
 
 
-async def _write_parts(request: web.Request, parts: list[bytes]) -> web.StreamResponse:
-    """Write a pre-encoded body piece by piece (no joined multi-MB copy)."""
-    if len(parts) == 1:
+async def _write_parts(request: web.Request, parts: list[inline.Part]) -> web.StreamResponse:
+    """Write a pre-encoded body piece by piece (no joined multi-MB copy); a streamed
+    output's base64 (delivery/stream.py) is encoded chunk by chunk as it is written."""
+    if len(parts) == 1 and isinstance(parts[0], bytes):
         return web.Response(body=parts[0], content_type="application/json")
     resp = web.StreamResponse(headers={"Content-Type": "application/json"})
     resp.content_length = sum(len(p) for p in parts)
     await resp.prepare(request)
-    for part in parts:
-        await resp.write(part)
+    await inline.write_parts(resp, parts)
     await resp.write_eof()
     return resp
 

@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     field_validator,
     model_validator,
@@ -95,6 +96,18 @@ class JobInput(_Model):
     timeout_s: float | None = Field(default=None, gt=0)
     # POST /generate/stream only: send small JPEG latent previews as `preview` events.
     previews: bool = False
+    # This run's own id: its input folder, output folder and S3 keys carry it, so two runs
+    # with the same request_id (a resend after the first ended) never share a file.
+    _run_id: str = PrivateAttr(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id
+
+    @property
+    def run_key(self) -> str:
+        """`request_id/run_id`: the per-run path segment of folders and S3 keys."""
+        return f"{self.request_id}/{self._run_id}"
 
     @field_validator("request_id", mode="before")
     @classmethod
@@ -155,6 +168,11 @@ class OutputFile(BaseModel):
     s3_key: str | None = None
     data: str | None = Field(default=None, description="base64 when returned inline")
     upload_error: str | None = None
+    spool_key: str | None = Field(
+        default=None,
+        description="kept on the worker's spool under this key: GET /outputs/{spool_key} on the "
+        "bridge, or the worker's signed POST /outputs/fetch with {\"spool_key\": ...}",
+    )
 
 
 class Timings(BaseModel):

@@ -34,6 +34,7 @@ from comfy_bridge.errors import (
     OutOfMemory,
     UnknownTemplate,
 )
+from comfy_bridge.jobs.inflight import InflightRuns
 from comfy_bridge.jobs.protocol import GenerateResponse, JobInput, Timings
 from comfy_bridge.jobs.watchdog import Watchdog
 from comfy_bridge.settings import BridgeSettings
@@ -129,6 +130,8 @@ class JobRunner:
         self.availability = availability
         self.metrics = metrics or obs.METRICS
         self.active = 0  # requests inside run()
+        # A resend of a request in flight joins it; another payload under its request_id: 409.
+        self.inflight = InflightRuns()
         self._background: set[asyncio.Task[Any]] = set()
         # on_stuck(reason): the watchdog found ComfyUI not answering (a supervisor's restart).
         self.watchdog = Watchdog(client, settings.watchdog_silence_s, probes=settings.watchdog_probes,
@@ -143,16 +146,26 @@ class JobRunner:
         return self.client.fail_inflight(exc)
 
     async def run(self, job: JobInput, events: EventSink | None = None) -> GenerateResponse:
-        """`events` (POST /generate/stream) hears of each submission and delivery."""
+        """Run `job`, or join the run of the same request in flight (comfy_bridge/jobs/inflight.py).
+
+        `events` (POST /generate/stream) hears of each submission and delivery of the run
+        this caller starts; a caller that joins a run in flight gets its result only."""
         self.active += 1
         try:
             with logs.bind(request_id=job.request_id):
-                response = await self._run(job, events)
+                response, _joined = await self.inflight.run(
+                    job, functools.partial(self._notified_run, job, events))
+        finally:
+            self.active -= 1
+        return response
+
+    async def _notified_run(self, job: JobInput, events: EventSink | None) -> GenerateResponse:
+        """One run, and its webhook (once, however many callers joined it)."""
+        try:
+            response = await self._run(job, events)
         except BridgeError as err:
             self._notify(job, functools.partial(failure_body, job.request_id, err))
             raise
-        finally:
-            self.active -= 1
         self._notify(job, lambda: response.model_dump(mode="json"))
         return response
 
@@ -188,8 +201,11 @@ class JobRunner:
             if events is not None:
                 events.delivered(outputs)
             outputs_ms = (time.monotonic() - t_out) * 1000
-        except DeliveryFailed:
-            out_dir = ""  # keep the files: they were made and may still be fetched
+        except DeliveryFailed as err:
+            # Undelivered files were moved to the spool (fetchable, re-uploaded when S3 is
+            # back); ComfyUI's folder is emptied as after any outcome. A disk error: they stay.
+            if err.details.get("errno") is not None:
+                out_dir = ""
             raise
         finally:
             self._cleanup(out_dir, uploaded)

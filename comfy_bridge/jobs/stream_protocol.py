@@ -101,7 +101,7 @@ def encode_error(body: dict[str, Any], http_status: int) -> bytes:
     return b"event: error\ndata: " + to_json({**body, "http_status": http_status}) + b"\n\n"
 
 
-def result_parts(body_parts: list[bytes]) -> list[bytes]:
+def result_parts(body_parts: list[Any]) -> list[Any]:
     """The `result` event around a success body already rendered as pieces (no joined copy)."""
     return [b"event: result\ndata: ", *body_parts, b"\n\n"]
 

@@ -81,8 +81,7 @@ class StreamRoute:
             assert response is not None
             routes._finished(job.request_id, started, None, response)
             resp = resp or await _open(request)
-            for part in sp.result_parts(inline.render_parts(response)):
-                await resp.write(part)
+            await inline.write_parts(resp, sp.result_parts(inline.render_parts(response)))
         await resp.write_eof()
         return resp
 

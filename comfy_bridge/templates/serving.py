@@ -3,7 +3,8 @@
 A backend sends `{"modifier": "sdxl_t2i", "modifications": {"prompt": ..., "seed": 7}}`
 instead of a 50 KB graph, and a typo gets a 422 naming what is allowed instead of a
 ComfyUI error deep in a node. Templates are read from `workflows/` (see protocol.py for
-the file format) and re-read when a file there changes, so adding one needs no restart.
+the file format) and re-read when a file there changes, that template alone (the others
+are kept as read), so adding one needs no restart.
 Parameter names also match case-insensitively, so payloads written for Vast's template
 (`PROMPT`, `WIDTH`, ...) keep working.
 """
@@ -226,6 +227,8 @@ class TemplateStore:
         self._templates: dict[str, Template] = {}
         self.errors: dict[str, str] = {}
         self._signature: tuple[Any, ...] | None = None
+        # name -> ((mtime, size) of its graph, of its params file), the Template read from them
+        self._files: dict[str, tuple[tuple[Any, ...], Template | None]] = {}
         self._lock = threading.Lock()
         self._refresh()
 
@@ -237,21 +240,33 @@ class TemplateStore:
         return tuple(sorted((e.name, e.stat().st_mtime_ns, e.stat().st_size) for e in entries))
 
     def _refresh(self) -> None:
+        """Re-read the templates whose files changed (graph or params), only those."""
         signature = self._scan()
         if signature == self._signature:
             return
         with self._lock:
+            stats = {file_name: (mtime, size) for file_name, mtime, size in signature}
             templates: dict[str, Template] = {}
             errors: dict[str, str] = {}
-            for file_name, _, _ in signature:
+            seen: dict[str, tuple[Any, ...]] = {}
+            for file_name in stats:
                 if file_name.endswith(PARAMS_SUFFIX):
                     continue
                 name = file_name[: -len(".json")]
+                seen[name] = (stats[file_name], stats.get(name + PARAMS_SUFFIX))
+                cached = self._files.get(name)
+                if cached is not None and cached[0] == seen[name]:
+                    if cached[1] is not None:
+                        templates[name] = cached[1]
+                    else:
+                        errors[name] = self.errors.get(name, "not loaded")
+                    continue
                 try:
                     templates[name] = load_template(self.root / file_name)
                 except (OSError, ValueError, ValidationError) as exc:
                     errors[name] = str(exc)
                     log.error("template %s not loaded: %s", name, exc)
+            self._files = {n: (sig, templates.get(n)) for n, sig in seen.items()}
             self._templates, self.errors, self._signature = templates, errors, signature
 
     def names(self) -> list[str]:

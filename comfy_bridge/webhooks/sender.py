@@ -9,8 +9,8 @@ first after COMFY_BRIDGE_WEBHOOK_RETRY_BACKOFF_S (1 s), doubling, capped at 60 s
 attempt times out after COMFY_BRIDGE_WEBHOOK_TIMEOUT_S (10 s). Other statuses are final.
 
 Body: the response JSON (success or failure) with `extra_params` from the request added
-under that key. Signing: see `signing.py` (secret: `webhook.secret`, else
-COMFY_BRIDGE_WEBHOOK_SECRET).
+under that key; inline data only up to a cap (body.py). Signing: see `signing.py`
+(secret: `webhook.secret`, else COMFY_BRIDGE_WEBHOOK_SECRET).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from comfy_bridge import observability as obs
 from comfy_bridge.inputs.netguard import AddressRefused, check_url, guarded_session, refused
 from comfy_bridge.jobs.protocol import JobInput, WebhookTarget
 from comfy_bridge.settings import BridgeSettings
+from comfy_bridge.webhooks.body import capped
 from comfy_bridge.webhooks.signing import (
     ATTEMPT_HEADER,
     ID_HEADER,
@@ -90,6 +91,7 @@ class WebhookSender:
             payload = body.model_dump(mode="json", exclude_none=True) if isinstance(body, BaseModel) else dict(body)
             if target.extra_params:
                 payload["extra_params"] = target.extra_params
+            payload = capped(payload, self.settings.webhook_max_inline_bytes)  # URLs, not big data
             raw = await self._encode(payload)
             secret_value = target.secret or self.settings.webhook_secret
             secret = secret_value.get_secret_value() if secret_value else None
@@ -129,8 +131,9 @@ class WebhookSender:
                 ID_HEADER: request_id,
                 ATTEMPT_HEADER: str(attempt),
             }
-            if secret:
-                headers[SIGNATURE_HEADER] = sign(secret, ts, raw)
+            if secret:  # HMAC over a big body: off the event loop
+                headers[SIGNATURE_HEADER] = (await asyncio.to_thread(sign, secret, ts, raw)
+                                             if len(raw) > _THREAD_DUMP_BYTES else sign(secret, ts, raw))
             try:
                 async with self._http().post(url, data=raw, headers=headers, allow_redirects=False) as resp:
                     status = resp.status

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import logging
+
 import pytest
 
-from tests.support import save_graph
+from tests.support import json_logs, save_graph
 
 
 def assert_failure(status: int, body: dict, expected_status: int, error_type: str, *needles: str) -> dict:
@@ -159,11 +162,15 @@ async def test_comfyui_down_is_503_retriable(make_bridge, tmp_path):
     assert err["retriable"] is True
 
 
-async def test_inline_limit_is_502_and_files_kept(double, make_bridge):
-    bridge = await make_bridge(double.url, double.root, max_inline_bytes=10)
-    status, body = await bridge.generate(save_graph())
+async def test_inline_limit_is_502_and_files_kept(double, make_bridge, tmp_path):
+    bridge = await make_bridge(double.url, double.root, max_inline_bytes=10, spool_dir=tmp_path / "spool")
+    status, body = await bridge.generate(save_graph(), request_id="too-big")
     assert_failure(status, body, 502, "delivery_failed", "inline delivery")
-    assert [p for p in double.output_dir.rglob("*.png")]
+    [out] = body["output"]
+    # Kept on the spool under its spool_key; ComfyUI's output folder is emptied (issue 10 item 5).
+    assert out["spool_key"].startswith("too-big/") and (tmp_path / "spool" / out["spool_key"]).is_file()
+    await bridge.runner.drain()
+    assert not [p for p in double.output_dir.rglob("*") if p.is_file()]
 
 
 async def test_a_graph_whose_links_loop_is_422_naming_the_cycle(bridge):
@@ -177,3 +184,14 @@ async def test_a_graph_whose_links_loop_is_422_naming_the_cycle(bridge):
     self_link["2"]["inputs"]["again"] = ["2", 0]
     status, body = await bridge.generate(self_link)
     assert status == 422 and body["error"]["cycle"] == ["2", "2"], body
+
+
+async def test_external_comfyui_without_its_path_says_at_start_it_cannot_clean_up(double, make_bridge):
+    """Issue 10 item 5: outputs pile up in a ComfyUI folder the bridge cannot reach; say so."""
+    with json_logs(logging.WARNING) as stream:
+        await make_bridge(double.url)  # no comfyui_path
+    [line] = [json.loads(x) for x in stream.getvalue().splitlines() if "cannot be removed" in x]
+    assert line["level"] == "warning" and "COMFY_BRIDGE_COMFYUI_PATH" in line["msg"]
+    with json_logs(logging.WARNING) as stream:
+        await make_bridge(double.url, double.root)
+    assert "cannot be removed" not in stream.getvalue()

@@ -72,7 +72,7 @@ async def test_linked_filename_prefix_gives_fresh_files(make_bridge, comfy_doubl
     assert first[0] == second[0] == 200, (first, second)
     assert comfy_double.nodes_executed > executed  # the save node ran again, not served from cache
     names = [body["output"][0]["filename"] for _, body in (first, second)]
-    assert names[0] != names[1] and all(n.startswith("linked") for n in names)
+    assert names[0] != names[1] and all(n.startswith("same_linked") for n in names)  # inline: <request_id>_<file>
     for _, body in (first, second):
         img = Image.open(io.BytesIO(base64.b64decode(body["output"][0]["data"])))
         assert img.convert("RGB").getpixel((0, 0)) == (0x12, 0x34, 0x56)

@@ -88,14 +88,15 @@ async def test_every_form_is_staged_under_the_request(seaweed, make_settings, st
         {"name": "s3.png", "image": f"s3://{bucket}/in/face.png"},
         {"name": "clip.mp4", "image": base64.b64encode(b"\x00\x00\x00\x18ftypmp42 not checked").decode()},
     ]
-    staged = await stager.stage(job(images))
-    folder = tmp_path / "comfy" / "input" / "cvw" / "req-in"
-    assert staged == {i["name"]: f"cvw/req-in/{i['name']}" for i in images}
+    request = job(images)
+    staged = await stager.stage(request)
+    folder = tmp_path / "comfy" / "input" / "cvw" / "req-in" / request.run_id
+    assert staged == {i["name"]: f"cvw/req-in/{request.run_id}/{i['name']}" for i in images}
     for name in staged:
         if name.endswith(".png"):
             assert (folder / name).read_bytes() == PNG
-    await stager.cleanup(job(images))
-    assert not folder.exists()
+    await stager.cleanup(request)
+    assert not folder.exists() and not folder.parent.exists()
 
 
 async def test_s3_input_with_request_credentials(seaweed, make_settings, stagers):
@@ -104,8 +105,9 @@ async def test_s3_input_with_request_credentials(seaweed, make_settings, stagers
     settings = make_settings()  # nothing from the environment
     s3 = {"endpoint_url": seaweed.endpoint, "access_key_id": seaweed.access_key,
           "secret_access_key": seaweed.secret_key, "region": REGION}
-    staged = await stagers(settings).stage(job([{"name": "face.png", "image": f"s3://{bucket}/k/face.png"}], s3=s3))
-    assert staged == {"face.png": "cvw/req-in/face.png"}
+    request = job([{"name": "face.png", "image": f"s3://{bucket}/k/face.png"}], s3=s3)
+    staged = await stagers(settings).stage(request)
+    assert staged == {"face.png": f"cvw/req-in/{request.run_id}/face.png"}
 
 
 async def test_upload_through_comfyui_when_its_folder_is_unknown(make_settings, stagers):
@@ -117,9 +119,10 @@ async def test_upload_through_comfyui_when_its_folder_is_unknown(make_settings, 
             return f"{subfolder}/{name}"
 
     settings = make_settings(comfyui_path=None)
-    staged = await stagers(settings, Client()).stage(job([{"name": "face.png", "image": base64.b64encode(PNG).decode()}]))
-    assert staged == {"face.png": "cvw/req-in/face.png"}
-    assert calls == [(PNG, "face.png", "cvw/req-in", True)]
+    request = job([{"name": "face.png", "image": base64.b64encode(PNG).decode()}])
+    staged = await stagers(settings, Client()).stage(request)
+    assert staged == {"face.png": f"cvw/req-in/{request.run_id}/face.png"}
+    assert calls == [(PNG, "face.png", f"cvw/req-in/{request.run_id}", True)]
 
 
 def b64(data: bytes) -> str:
@@ -244,3 +247,20 @@ async def test_inputs_of_two_requests_do_not_meet(make_settings, stagers, tmp_pa
     sa, sb = await asyncio.gather(stager.stage(a), stager.stage(b))
     root: Path = tmp_path / "comfy" / "input"
     assert (root / sa["x.png"]).read_bytes() == red and (root / sb["x.png"]).read_bytes() == blue
+
+
+async def test_two_runs_of_one_request_id_keep_their_own_inputs(make_settings, stagers, tmp_path):
+    """A resend starting while the first run is cleaned up must keep its inputs (issue 10 item 3)."""
+    stager = stagers(make_settings())
+    red, blue = png_bytes(color=(255, 0, 0)), png_bytes(color=(0, 0, 255))
+    first = job([{"name": "x.png", "image": b64(red)}])
+    second = job([{"name": "x.png", "image": b64(blue)}])
+    sa = await stager.stage(first)
+    sb = await stager.stage(second)
+    root: Path = tmp_path / "comfy" / "input"
+    assert sa["x.png"] != sb["x.png"]
+    await stager.cleanup(first)
+    assert not (root / sa["x.png"]).exists()
+    assert (root / sb["x.png"]).read_bytes() == blue
+    await stager.cleanup(second)
+    assert not (root / "cvw" / "req-in").exists()

@@ -63,7 +63,8 @@ async def test_upload_every_kind_with_presigned_download(seaweed, make_settings,
         file_artifact(out, "mesh_00001_.glb", random_bytes(900), node_id="14", output_type="3d"),
     ]
     expected = {a.filename: a.read_bytes() for a in artifacts}
-    outputs = await destinations(settings).deliver(job(request_id="req-up"), artifacts)
+    request = job(request_id="req-up")
+    outputs = await destinations(settings).deliver(request, artifacts)
 
     assert [o.filename for o in outputs] == list(expected)
     mimetypes = {o.filename: o.mimetype for o in outputs}
@@ -76,7 +77,7 @@ async def test_upload_every_kind_with_presigned_download(seaweed, make_settings,
     }
     s3 = seaweed.client()
     for o in outputs:
-        assert o.s3_key == f"gen/req-up/{o.filename}"
+        assert o.s3_key == f"gen/req-up/{request.run_id}/{o.filename}"
         assert o.bytes == len(expected[o.filename]) and o.data is None and o.upload_error is None
         assert "X-Amz-Signature=" in o.url and "X-Amz-Expires=600" in o.url
         assert await download(o.url) == expected[o.filename]
@@ -93,9 +94,23 @@ async def test_request_credentials_and_bucket_override_environment(seaweed, make
     request_s3 = {"access_key_id": seaweed.access_key, "secret_access_key": seaweed.secret_key,
                   "bucket_name": own, "prefix": "p/q", "region": REGION}
     art = file_artifact(tmp_path / "o", "a.png", png_bytes())
-    [out] = await destinations(settings).deliver(job(request_id="r1", s3=request_s3), [art])
-    assert out.s3_key == "p/q/r1/a.png"
+    request = job(request_id="r1", s3=request_s3)
+    [out] = await destinations(settings).deliver(request, [art])
+    assert out.s3_key == f"p/q/r1/{request.run_id}/a.png"
     assert seaweed.client().get_object(Bucket=own, Key=out.s3_key)["Body"].read() == png_bytes()
+
+
+async def test_two_runs_of_one_request_id_keep_their_own_objects(seaweed, make_settings, destinations, tmp_path):
+    """A resend after the first run ended must not overwrite the object the first answer's URL
+    points to (issue 10 item 3): each run has its own key."""
+    bucket = seaweed.bucket("outputs")
+    destination = destinations(make_settings(s3=s3_env(seaweed, bucket)))
+    red, blue = png_bytes(color=(255, 0, 0)), png_bytes(color=(0, 0, 255))
+    [first] = await destination.deliver(job(request_id="twice"), [file_artifact(tmp_path / "a", "o_00001_.png", red)])
+    [second] = await destination.deliver(job(request_id="twice"), [file_artifact(tmp_path / "b", "o_00001_.png", blue)])
+    assert first.s3_key != second.s3_key
+    assert first.s3_key.startswith("twice/") and second.s3_key.startswith("twice/")
+    assert await download(first.url) == red and await download(second.url) == blue
 
 
 async def test_converted_to_webp_before_upload(seaweed, make_settings, destinations, tmp_path):
@@ -148,8 +163,10 @@ async def test_wrong_credentials_fail_fast_with_outputs_kept(seaweed, make_setti
     assert all("SignatureDoesNotMatch" in o["upload_error"] for o in outputs)
     assert base64.b64decode(outputs[0]["data"]) == small  # under max_inline_bytes: inline
     assert "data" not in outputs[1]  # over it: only on the spool
-    spooled = Path(settings.spool_dir) / "creds"
-    assert (spooled / "s.png").read_bytes() == small and (spooled / "b.mp4").read_bytes() == big
+    spool = Path(settings.spool_dir)
+    assert [o["spool_key"].rsplit("/", 1)[1] for o in outputs] == ["s.png", "b.mp4"]
+    assert (spool / outputs[0]["spool_key"]).read_bytes() == small
+    assert (spool / outputs[1]["spool_key"]).read_bytes() == big
     body = json.dumps({"error": err.to_dict()})
     assert_no_secrets(body + caplog.text, secret, seaweed.secret_key)
 
@@ -189,7 +206,8 @@ async def test_server_killed_mid_upload_retries_then_keeps_outputs(own_seaweed, 
     [out] = info.value.details["output"]
     assert out["upload_error"] and out["bytes"] == len(data)
     assert hashlib.sha256(base64.b64decode(out["data"])).digest() == hashlib.sha256(data).digest()
-    assert (Path(settings.spool_dir) / "killed" / "movie.mp4").read_bytes() == data
+    assert out["spool_key"].startswith("killed/") and out["spool_key"].endswith("/movie.mp4")
+    assert (Path(settings.spool_dir) / out["spool_key"]).read_bytes() == data
     assert not art.path.exists()
 
 

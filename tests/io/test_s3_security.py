@@ -5,6 +5,7 @@ endpoint was checked at (comfy_bridge/delivery/endpoint.py pinning). Real Seawee
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import ssl
 from typing import Any
@@ -48,6 +49,18 @@ async def stage(settings, image: str, **fields: Any) -> dict[str, str]:
         await stager.aclose()
 
 
+class _AnyRun(str):
+    """`cvw/sec/<run_id>/in.png`: each run stages its inputs in its own folder."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and re.fullmatch(r"cvw/sec/[0-9a-f]{12}/in\.png", other) is not None
+
+    __hash__ = str.__hash__
+
+
+ANY_RUN = _AnyRun("cvw/sec/<run_id>/in.png")
+
+
 async def test_worker_keys_read_only_allow_listed_buckets(seaweed, make_settings):
     outputs, private = seaweed.bucket("outputs"), seaweed.bucket("operator-private")
     seaweed.client().put_object(Bucket=private, Key="k/in.png", Body=PNG)
@@ -58,12 +71,12 @@ async def test_worker_keys_read_only_allow_listed_buckets(seaweed, make_settings
     assert f"bucket '{private}' is not one the worker reads with its own credentials" in info.value.message
     assert "COMFY_BRIDGE_S3_INPUT_BUCKETS" in info.value.message
     # The default allow-list is the worker's own output bucket.
-    assert await stage(settings, f"s3://{outputs}/k/in.png") == {"in.png": "cvw/sec/in.png"}
+    assert await stage(settings, f"s3://{outputs}/k/in.png") == {"in.png": ANY_RUN}
     # A caller's own keys read what they can; an operator can allow-list more buckets.
     own = {"access_key_id": seaweed.access_key, "secret_access_key": seaweed.secret_key}
-    assert await stage(settings, f"s3://{private}/k/in.png", s3=own) == {"in.png": "cvw/sec/in.png"}
+    assert await stage(settings, f"s3://{private}/k/in.png", s3=own) == {"in.png": ANY_RUN}
     wider = make_settings(s3=s3_env(seaweed, outputs), s3_input_buckets=f"{outputs}, {private}")
-    assert await stage(wider, f"s3://{private}/k/in.png") == {"in.png": "cvw/sec/in.png"}
+    assert await stage(wider, f"s3://{private}/k/in.png") == {"in.png": ANY_RUN}
 
 
 async def test_request_endpoint_is_resolved_once_and_connected_to_at_that_address(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import aiohttp
@@ -191,3 +192,23 @@ async def test_routes_list_and_get(store):
                 assert r.status == 404 and body["error"]["type"] == "unknown_template"
     finally:
         await runner.cleanup()
+
+
+def test_only_the_changed_template_is_read_again(tmp_path, monkeypatch):
+    """Issue 10 item 6: template files are re-read only when they change, each on its own."""
+    from comfy_bridge.templates import serving
+
+    write_template(tmp_path, "kept", GRAPH, None)
+    write_template(tmp_path, "edited", GRAPH, None)
+    store = TemplateStore(tmp_path)
+    kept = store.get("kept")
+    read: list[str] = []
+    real = serving.load_template
+    monkeypatch.setattr(serving, "load_template", lambda path: read.append(path.name) or real(path))
+    for _ in range(3):
+        store.expand("kept", {})
+    assert read == []  # nothing changed: nothing read
+    write_template(tmp_path, "edited", {**GRAPH, "9": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}, None)
+    os.utime(tmp_path / "edited.json", ns=(1, 1))  # a new mtime, however coarse the clock
+    assert "9" in store.get("edited").graph
+    assert read == ["edited.json"] and store.get("kept") is kept

@@ -155,3 +155,26 @@ async def test_aclose_cancels_what_cannot_finish(make_settings, http_server):
     await sender.aclose(timeout_s=0.2)
     assert task.cancelled() and sender.pending == 0
     hold.set()
+
+
+async def test_big_inline_outputs_leave_the_webhook_body_urls_stay(make_settings, senders, http_server):
+    """Issue 10 item 6: above COMFY_BRIDGE_WEBHOOK_MAX_INLINE_BYTES the body carries no base64."""
+    receiver = Receiver()
+    url = await http_server({"/hook": receiver.handle}) + "/hook"
+    sender = senders(make_settings(webhook_max_inline_bytes=1000))
+    small = {"filename": "s.png", "bytes": 600, "data": "A" * 800}
+    body = {"id": "req-wh", "status": "success", "output": [
+        small, {"filename": "b.png", "bytes": 900, "data": "B" * 1200},
+        {"filename": "c.mp4", "bytes": 10**9, "url": "https://bucket.example/c.mp4", "s3_key": "k/c.mp4"}]}
+    assert (await sender.schedule(job(url), body)).delivered
+    [(_, raw)] = receiver.received
+    sent = json.loads(raw)["output"]
+    assert [o.get("data_omitted") for o in sent] == [True, True, None]
+    assert all("data" not in o for o in sent) and sent[2]["url"] == "https://bucket.example/c.mp4"
+    receiver.received.clear()
+    assert (await sender.schedule(job(url), {"id": "req-wh", "output": [small]})).delivered
+    assert json.loads(receiver.received[0][1])["output"] == [small]  # under the cap: as is
+    receiver.received.clear()
+    streamed = {"filename": "v.mp4", "bytes": 10**9, "data": None}  # inline, streamed from disk
+    assert (await sender.schedule(job(url), {"id": "req-wh", "output": [small, streamed]})).delivered
+    assert [o.get("data_omitted") for o in json.loads(receiver.received[0][1])["output"]] == [None, True]

@@ -160,3 +160,26 @@ async def test_comfyui_back_within_the_grace_is_not_an_error(start_worker, doubl
         result = await client.generate({"workflow_json": sd15_graph(seed=31)}, deadline_s=30)
     assert result.status == "success"
     assert all(r["error_msg"] == "" for r in emulator.reports)
+
+
+async def test_spooled_output_is_fetched_through_the_signed_route(start_worker, double, tmp_path):
+    """An output kept on the spool (issue 10 item 5) is fetched through the worker's signed
+    POST /outputs/fetch; an unsigned or forged request gets the framework's 401."""
+    w = await start_worker(double)
+    await w.wait_ready()
+    kept = w.cwd / "spool" / "order-9" / "0123456789ab" / "ComfyUI_00001_.png"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"\x89PNG\r\n\x1a\n spooled bytes")
+    payload = {"spool_key": "order-9/0123456789ab/ComfyUI_00001_.png"}
+    async with aiohttp.ClientSession() as s:
+        signed = {"auth_data": w.emulator.auth_data(w.url, cost=0), "payload": payload}
+        async with s.post(f"{w.url}/outputs/fetch", json=signed) as r:
+            assert r.status == 200 and r.headers["Content-Type"] == "image/png"
+            assert await r.read() == kept.read_bytes()
+        forged = json.loads(json.dumps(signed))
+        forged["auth_data"]["signature"] = forged["auth_data"]["signature"][:-8] + "AAAAAAA="
+        async with s.post(f"{w.url}/outputs/fetch", json=forged) as r:
+            assert r.status == 401
+        missing = {"auth_data": w.emulator.auth_data(w.url, cost=0), "payload": {"spool_key": "order-9/nope.png"}}
+        async with s.post(f"{w.url}/outputs/fetch", json=missing) as r:
+            assert r.status == 404 and (await r.json())["error"]["type"] == "output_not_found"
