@@ -47,7 +47,11 @@ async def test_linked_filename_prefix_still_gives_fresh_files(bridge, real_comfy
     assert (first_status, second_status) == (200, 200), (first, second)
     names = [body["output"][0]["filename"] for body in (first, second)]
     # Served from ComfyUI's cache, the second run would name the first run's file again.
-    assert names[0] != names[1] and all(n.startswith("linkedprefix") for n in names), names
+    # Inline names carry the request_id before ComfyUI's own name (README: the request).
+    assert names[0] != names[1] and all(
+        n == f"{body['id']}_{n.split('_', 1)[1]}" and n.split("_", 1)[1].startswith("linkedprefix")
+        for n, body in zip(names, (first, second))
+    ), names
     assert list(_image(second["output"][0]).getdata()) == list(_image(first["output"][0]).getdata())
 
 
