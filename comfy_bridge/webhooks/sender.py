@@ -9,8 +9,11 @@ first after COMFY_BRIDGE_WEBHOOK_RETRY_BACKOFF_S (1 s), doubling, capped at 60 s
 attempt times out after COMFY_BRIDGE_WEBHOOK_TIMEOUT_S (10 s). Other statuses are final.
 
 Body: the response JSON (success or failure) with `extra_params` from the request added
-under that key; inline data only up to a cap (body.py). Signing: see `signing.py`
-(secret: `webhook.secret`, else COMFY_BRIDGE_WEBHOOK_SECRET).
+under that key and the event `type` (`generation.succeeded`, `generation.failed`, or
+`generation.redelivered` when spooled outputs reached S3 later, comfy_bridge/delivery/redeliver.py);
+inline data only up to a cap (body.py). Signing: Standard Webhooks, see `signing.py`
+(secret: `webhook.secret`, else COMFY_BRIDGE_WEBHOOK_SECRET); `webhook-id` is
+`<request_id>.<type>`, the same on every retry, so a receiver can deduplicate.
 """
 
 from __future__ import annotations
@@ -56,6 +59,13 @@ class WebhookResult:
     error: str | None = None
 
 
+def event_type(payload: dict[str, Any]) -> str:
+    """The Standard Webhooks event type of a body."""
+    if payload.get("event") == "redelivered":
+        return "generation.redelivered"
+    return "generation.succeeded" if payload.get("status") == "success" else "generation.failed"
+
+
 def _where(url: URL) -> str:
     """What a log line may say of a URL: no query string, no user info (tokens live there)."""
     return f"{url.scheme}://{url.host}{'' if url.port in (None, 80, 443) else ':' + str(url.port)}{url.path}"
@@ -92,6 +102,8 @@ class WebhookSender:
             if target.extra_params:
                 payload["extra_params"] = target.extra_params
             payload = capped(payload, self.settings.webhook_max_inline_bytes)  # URLs, not big data
+            payload["type"] = event_type(payload)
+            msg_id = f"{request_id}.{payload['type']}"
             raw = await self._encode(payload)
             secret_value = target.secret or self.settings.webhook_secret
             secret = secret_value.get_secret_value() if secret_value else None
@@ -101,7 +113,7 @@ class WebhookSender:
                 log.error("webhook not sent: %s", exc)
                 obs.webhook_failed()
                 return WebhookResult(request_id, False, 0, error=str(exc))
-            result = await self._post_with_retries(url, raw, secret, request_id)
+            result = await self._post_with_retries(url, raw, secret, request_id, msg_id)
             if not result.delivered:
                 obs.webhook_failed()  # comfy_bridge_webhook_failures_total
             return result
@@ -116,7 +128,7 @@ class WebhookSender:
         return dump()
 
     async def _post_with_retries(
-        self, url: URL, raw: bytes, secret: str | None, request_id: str
+        self, url: URL, raw: bytes, secret: str | None, request_id: str, msg_id: str
     ) -> WebhookResult:
         retries = self.settings.webhook_retries
         backoff = self.settings.webhook_retry_backoff_s
@@ -128,12 +140,12 @@ class WebhookSender:
             headers = {
                 "Content-Type": "application/json",
                 TIMESTAMP_HEADER: str(ts),
-                ID_HEADER: request_id,
+                ID_HEADER: msg_id,
                 ATTEMPT_HEADER: str(attempt),
             }
             if secret:  # HMAC over a big body: off the event loop
-                headers[SIGNATURE_HEADER] = (await asyncio.to_thread(sign, secret, ts, raw)
-                                             if len(raw) > _THREAD_DUMP_BYTES else sign(secret, ts, raw))
+                headers[SIGNATURE_HEADER] = (await asyncio.to_thread(sign, secret, msg_id, ts, raw)
+                                             if len(raw) > _THREAD_DUMP_BYTES else sign(secret, msg_id, ts, raw))
             try:
                 async with self._http().post(url, data=raw, headers=headers, allow_redirects=False) as resp:
                     status = resp.status
