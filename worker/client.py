@@ -11,7 +11,8 @@ its signed auth_data, then POST {worker}/generate/sync {auth_data, payload: {inp
 `cost` is the request's workload units (worker/workload.py), so the router balances in
 the units the workers report.
 
-Retries, with exponential backoff and jitter, never past the deadline:
+Retries, with the project's backoff (comfy_bridge/retry.py: exponential, full jitter,
+from `backoff_base_s` capped at `backoff_max_s`), never past the deadline:
 - the router: no worker ready (an answer without `url`: polled again with the same
   request_idx), 429, 5xx, connection errors;
 - the worker: connection refused (nothing was sent), 429 (the queue is full: the
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import ssl as ssl_lib
 import time
 import uuid
@@ -46,6 +46,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 
 from comfy_bridge import errors, logs
 from comfy_bridge.jobs.protocol import FailureResponse, GenerateResponse, JobInput
+from comfy_bridge.retry import RetryPolicy
 from worker.cost import PricedResponse
 from worker.workload import WorkloadModel
 
@@ -238,12 +239,9 @@ class WorkerClient:
         return data, idempotent
 
     async def _backoff(self, failures: int, deadline: float, reason: str) -> None:
-        delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** min(failures - 1, 10))
-        delay *= random.uniform(0.5, 1.0)
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        if deadline - time.monotonic() <= 0:
             raise CallTimeout(f"deadline passed: {reason}", reason)
-        await asyncio.sleep(min(delay, remaining))
+        await RetryPolicy(first_s=self.backoff_base_s, cap_s=self.backoff_max_s).sleep(failures, deadline)
         if deadline - time.monotonic() <= 0:
             raise CallTimeout(f"deadline passed: {reason}", reason)
 

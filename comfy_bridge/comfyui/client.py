@@ -18,7 +18,6 @@ exactly once), the watchdog probes a silent prompt, or the events were incomplet
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from comfy_bridge import logs
 from comfy_bridge.comfyui import events as ev
 from comfy_bridge.comfyui import graph as graphs
 from comfy_bridge.errors import BridgeError, ComfyUnavailable, DeliveryFailed
+from comfy_bridge.retry import RetryPolicy
 
 log = logs.get(__name__)
 
@@ -223,7 +223,8 @@ class ComfyClient:
             ) from None
 
     async def _read_forever(self) -> None:
-        delay = 0.05
+        reconnect = RetryPolicy(first_s=0.05, cap_s=self._reconnect_max_s)  # comfy_bridge/retry.py
+        failures = 0
         down_since: float | None = None
         seen = 0
         while not self._closing:
@@ -239,13 +240,13 @@ class ComfyClient:
                     if n:
                         log.warning("failed %d in-flight prompts: ComfyUI unreachable", n)
                 self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), delay * (0.5 + random.random()))
+                failures += 1
+                try:  # a submit wakes it early
+                    await asyncio.wait_for(self._wake.wait(), reconnect.delay(failures))
                 except asyncio.TimeoutError:
                     pass
-                delay = min(delay * 2, self._reconnect_max_s)
                 continue
-            delay, down_since = 0.05, None
+            failures, down_since = 0, None
             if self._connections > 1 and self._connections != seen:
                 log.info("websocket reconnected; reconciling %d prompts", len(self._trackers))
                 now = time.monotonic()

@@ -3,7 +3,7 @@
 When an upload fails for good during a request (S3 down, a network split), the file is
 moved to the spool (comfy_bridge/delivery/spool.py) and the caller gets 502 with inline
 copies where small enough. The run is then handed here: each spooled file is re-uploaded
-in the background under the key it would have had, with exponential backoff (tenacity:
+in the background under the key it would have had, with the retry policy (comfy_bridge/retry.py:
 S3_RETRY_BACKOFF_S first, doubling, capped at COMFY_BRIDGE_REDELIVER_MAX_BACKOFF_S, for
 COMFY_BRIDGE_REDELIVER_FOR_S), and removed from the spool once stored. When every file of
 the run is stored, the request's webhook gets `{id, status: "success", event:
@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
 from comfy_bridge import logs
 from comfy_bridge.delivery.spool import Spool
 from comfy_bridge.jobs.protocol import JobInput, OutputFile
+from comfy_bridge.retry import RetryPolicy
 from comfy_bridge.settings import BridgeSettings
 
 log = logs.get(__name__)
@@ -99,12 +99,9 @@ class Redeliveries:
             return item.path.exists() and not permanent(exc)
 
         try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception(retriable),
-                wait=wait_exponential_jitter(initial=self.first_backoff_s, max=self.max_backoff_s),
-                stop=stop_after_delay(self.for_s),
-                reraise=True,
-            ):
+            policy = RetryPolicy(first_s=self.first_backoff_s, cap_s=self.max_backoff_s, deadline_s=self.for_s,
+                                 retry_on=retriable, what=f"re-upload of {item.output.filename}", log=log)
+            async for attempt in policy.retrying():
                 with attempt:
                     if not item.path.exists():
                         raise FileNotFoundError(f"{item.key}: evicted from the spool by its budget")

@@ -11,8 +11,8 @@ Keys are `prefix/request_id/run_id/filename`: each run of a request_id has its o
 so a resend's upload never overwrites the object an earlier answer's URL points to.
 Uploads run on boto3's transfer manager (its own threads, multipart past the threshold),
 so the event loop keeps serving other requests and the next prompt runs while this
-one's files upload. Each file is retried with
-exponential backoff; errors that no retry can fix (bad credentials, no such bucket) fail
+one's files upload. Each file is retried by the project's policy (comfy_bridge/retry.py:
+exponential backoff with full jitter from S3_RETRY_BACKOFF_S, capped at 30 s); errors that no retry can fix (bad credentials, no such bucket) fail
 at once. When a file finally fails, nothing made is lost: it is moved into the spool and
 returned inline when small enough, and the request fails with 502 listing every output
 with its `upload_error` and `spool_key`; the spooled files are then re-uploaded in the
@@ -27,7 +27,6 @@ import base64
 import functools
 import hashlib
 import io
-import random
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Any
@@ -48,11 +47,14 @@ from comfy_bridge.delivery.base import Artifact, guess_mimetype
 from comfy_bridge.delivery.convert import convert_artifacts
 from comfy_bridge.delivery.spool import Spool
 from comfy_bridge.errors import DeliveryFailed
+from comfy_bridge.retry import RetryPolicy
 from comfy_bridge.jobs.protocol import JobInput, OutputFile
 from comfy_bridge.jobs.protocol import S3Destination as S3Request
 from comfy_bridge.settings import BridgeSettings, S3Settings
 
 log = logs.get(__name__)
+# The longest wait between two tries of one upload.
+_MAX_BACKOFF_S = 30.0
 
 # S3 error codes that no retry can fix: fail at once instead of backing off for seconds.
 _PERMANENT_CODES = {
@@ -398,24 +400,16 @@ class S3Destination:
     ) -> OutputFile:
         key = target.key_for(job.run_key, artifact.filename)
         mimetype = _mimetype(artifact)
-        retries = self.settings.s3.retries
-        backoff = self.settings.s3.retry_backoff_s
-        for attempt in range(retries + 1):
-            try:
+        policy = RetryPolicy(
+            first_s=self.settings.s3.retry_backoff_s, cap_s=_MAX_BACKOFF_S, attempts=self.settings.s3.retries + 1,
+            retry_on=lambda exc: not is_permanent(exc), what=f"upload of {key}",
+            describe=lambda exc: describe_error(exc, target.secrets()),
+            on_retry=lambda exc: obs.s3_upload_retried(),  # comfy_bridge_s3_upload_retries_total
+            log=log,
+        )
+        async for attempt in policy.retrying():
+            with attempt:
                 url = await self._upload(client, target, artifact, key, mimetype)
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if is_permanent(exc) or attempt == retries:
-                    raise
-                delay = backoff * (2**attempt) * random.uniform(0.8, 1.2)
-                obs.s3_upload_retried()  # comfy_bridge_s3_upload_retries_total
-                log.warning(
-                    "upload of %s failed (attempt %d of %d), retrying in %.2fs: %s",
-                    key, attempt + 1, retries + 1, delay, describe_error(exc, target.secrets()),
-                )
-                await asyncio.sleep(delay)
         return OutputFile(
             filename=artifact.filename,
             node_id=artifact.node_id,

@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Awaitable, Callable, Mapping, TypeVar
 from urllib.parse import urlsplit
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from comfy_bridge import logs
 from comfy_bridge.errors import DownloadFailed
+from comfy_bridge.retry import RetryPolicy
 from comfy_bridge.provision.download_progress import Progress
 from comfy_bridge.provision.manifest import TOKEN_ENV, ModelFile
 from comfy_bridge.provision.model_state import ModelReport, sha256_file
@@ -58,7 +58,7 @@ class DownloadOptions:
     min_chunk_bytes: int = 16 << 20
     max_chunk_bytes: int = 256 << 20
     retries: int = 5
-    # Retry n waits backoff_s * 2**n (at most 30 s) plus up to backoff_s of jitter.
+    # Retry n waits a random time up to backoff_s * 2**(n-1), at most 30 s (comfy_bridge/retry.py).
     backoff_s: float = 0.5
     connect_timeout_s: float = 30.0
     read_timeout_s: float = 60.0
@@ -228,16 +228,10 @@ class FileDownload:
             raise _Transient(f"connection closed after {pos - start} of {end - start + 1} bytes")
 
     async def _with_retries(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
-        """Retry what is worth retrying with exponential backoff and jitter; name what failed."""
-        def warn(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            delay = state.next_action.sleep if state.next_action else 0.0
-            log.warning("%s: %s (%s), retrying in %.1fs", self.m.dest, what, exc, delay)
-
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(_Transient), stop=stop_after_attempt(self.opts.retries + 1),
-            wait=wait_exponential_jitter(initial=self.opts.backoff_s, jitter=self.opts.backoff_s, max=30.0),
-            before_sleep=warn, reraise=True)
+        """Retry what is worth retrying (comfy_bridge/retry.py); name what failed."""
+        retrying = RetryPolicy(first_s=self.opts.backoff_s, cap_s=30.0, attempts=self.opts.retries + 1,
+                               retry_on=lambda exc: isinstance(exc, _Transient), what=f"{self.m.dest}: {what}",
+                               describe=str, log=log).retrying()
         try:
             return await retrying(fn)
         except _Transient as exc:

@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from comfy_bridge import logs
 from comfy_bridge.errors import BadRequest, UnknownTemplate
 from comfy_bridge.settings import BridgeSettings
+from comfy_bridge.templates import schema_check
 from comfy_bridge.templates.protocol import TEMPLATE_NAME_PATTERN, ParamSpec, TemplateSpec
 
 log = logs.get(__name__)
@@ -36,65 +37,28 @@ PARAMS_SUFFIX = ".params.json"
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
-class InvalidValue(ValueError):
-    pass
-
-
-def coerce(spec: ParamSpec, value: Any) -> Any:
-    """The value as the graph needs it, or InvalidValue saying what is allowed."""
-    if spec.type == "string":
-        if not isinstance(value, str):
-            raise InvalidValue(f"must be a string, not {type(value).__name__}")
-        if spec.min_length is not None and len(value) < spec.min_length:
-            raise InvalidValue(f"must be at least {spec.min_length} characters")
-        if spec.max_length is not None and len(value) > spec.max_length:
-            raise InvalidValue(f"must be at most {spec.max_length} characters")
-        if spec.pattern is not None and not re.fullmatch(spec.pattern, value):
-            raise InvalidValue(f"must match {spec.pattern}")
-    elif spec.type == "boolean":
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            value = value.lower() == "true"
-        if not isinstance(value, bool):
-            raise InvalidValue("must be true or false")
-    else:
-        value = _number(spec, value)
-    if spec.enum is not None and value not in spec.enum:
-        shown = ", ".join(map(str, spec.enum[:50])) + (" ..." if len(spec.enum) > 50 else "")
-        raise InvalidValue(f"must be one of: {shown}")
+def lenient(spec: ParamSpec, value: Any) -> Any:
+    """The value in the JSON type its schema wants where it is written another common way
+    ("30" for 30, "true" for true, 768.0 for 768); anything else is left for the schema
+    check to name. A non-finite float becomes its text, so `type` rejects it (JSON Schema
+    would let NaN through every bound)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if spec.type == "boolean" and isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if spec.type in ("integer", "number") and isinstance(value, str):
+        text = value.strip()
+        for parse in (int, float):
+            try:
+                return lenient(spec, parse(text))
+            except ValueError:
+                pass
+        return value
+    if spec.type == "integer" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if spec.type == "number" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
     return value
-
-
-def _number(spec: ParamSpec, value: Any) -> int | float:
-    kind = "an integer" if spec.type == "integer" else "a number"
-    if isinstance(value, bool):
-        raise InvalidValue(f"must be {kind}, not a boolean")
-    if isinstance(value, str):
-        try:
-            value = int(value.strip()) if spec.type == "integer" else float(value.strip())
-        except ValueError:
-            raise InvalidValue(f"must be {kind}, not {value!r}") from None
-    if not isinstance(value, (int, float)) or (isinstance(value, float) and not math.isfinite(value)):
-        raise InvalidValue(f"must be {kind}")
-    if spec.type == "integer":
-        if isinstance(value, float):
-            if not value.is_integer():
-                raise InvalidValue("must be an integer")
-            value = int(value)
-    else:
-        value = float(value)
-    if spec.minimum is not None and value < spec.minimum:
-        raise InvalidValue(f"must be >= {_show(spec.minimum)}")
-    if spec.maximum is not None and value > spec.maximum:
-        raise InvalidValue(f"must be <= {_show(spec.maximum)}")
-    if spec.multiple_of is not None:
-        ratio = value / spec.multiple_of
-        if abs(ratio - round(ratio)) > 1e-9:
-            raise InvalidValue(f"must be a multiple of {_show(spec.multiple_of)}")
-    return value
-
-
-def _show(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
 
 
 def param_schema(spec: ParamSpec) -> dict[str, Any]:
@@ -124,8 +88,8 @@ def param_schema(spec: ParamSpec) -> dict[str, Any]:
         prop["minLength"] = spec.min_length
     if spec.max_length is not None:
         prop["maxLength"] = spec.max_length
-    if spec.pattern is not None:
-        prop["pattern"] = spec.pattern
+    if spec.pattern is not None:  # the whole string must match (JSON Schema searches)
+        prop["pattern"] = f"^(?:{spec.pattern})$"
     return prop
 
 
@@ -153,27 +117,13 @@ class Template:
         errors: list[dict[str, str]] = []
         given: dict[str, Any] = {}
         for key, value in (modifications or {}).items():
-            name = key if key in params else lowered.get(str(key).lower())
-            if name is None:
-                errors.append({"param": str(key), "message": "unknown parameter"})
-            elif name in given:
+            name = key if key in params else lowered.get(str(key).lower(), str(key))
+            if name in given:
                 errors.append({"param": str(key), "message": f"given twice (as {name!r} too)"})
             elif value is not None:
                 given[name] = value
-        values: dict[str, Any] = {}
-        for name, spec in params.items():
-            if name in given:
-                try:
-                    values[name] = coerce(spec, given[name])
-                except InvalidValue as exc:
-                    errors.append({"param": name, "message": str(exc)})
-            elif spec.randomize:
-                assert spec.minimum is not None and spec.maximum is not None
-                values[name] = random.randint(int(spec.minimum), int(spec.maximum))
-            elif spec.default is not None:
-                values[name] = spec.default
-            else:
-                errors.append({"param": name, "message": "is required"})
+        values = {name: lenient(params[name], v) if name in params else v for name, v in given.items()}
+        errors += [p._asdict() for p in schema_check.problems(self.schema(), values)]
         if errors:
             listed = "; ".join(f"{e['param']}: {e['message']}" for e in errors)
             raise BadRequest(
@@ -183,6 +133,14 @@ class Template:
                 errors=errors,
                 allowed=self.schema()["properties"],
             )
+        for name, spec in params.items():
+            if name in values:
+                values[name] = int(values[name]) if spec.type == "integer" else values[name]
+            elif spec.randomize:
+                assert spec.minimum is not None and spec.maximum is not None
+                values[name] = random.randint(int(spec.minimum), int(spec.maximum))
+            elif spec.default is not None:
+                values[name] = spec.default
         graph = copy.deepcopy(self.graph)
         for name, value in values.items():
             for node, input_name in params[name].split_targets():
@@ -212,10 +170,8 @@ def load_template(graph_path: Path) -> Template:
             if node not in graph or input_name not in graph[node]["inputs"]:
                 raise ValueError(f"{spec_path.name}: {pname} targets {node}.{input_name}, not in the graph")
         if p.default is not None:
-            try:
-                coerce(p, p.default)
-            except InvalidValue as exc:
-                raise ValueError(f"{spec_path.name}: default of {pname} {exc}") from None
+            for problem in schema_check.problems(param_schema(p), lenient(p, p.default)):
+                raise ValueError(f"{spec_path.name}: default of {pname} {problem.message}")
     return Template(name=name, graph=graph, spec=spec)
 
 

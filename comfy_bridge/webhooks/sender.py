@@ -4,20 +4,23 @@ The synchronous response is the caller's answer; a webhook is a copy for a backe
 prefers callbacks. So `schedule` returns at once, the POST runs as its own task after the
 response, and a slow or dead receiver costs the request nothing. Unlike a single
 fire-and-forget call, a failed delivery (connection error, timeout, 408/425/429/5xx) is
-retried with exponential backoff: COMFY_BRIDGE_WEBHOOK_RETRIES (5) more attempts, the
-first after COMFY_BRIDGE_WEBHOOK_RETRY_BACKOFF_S (1 s), doubling, capped at 60 s; each
+retried by the project's policy (comfy_bridge/retry.py: exponential backoff with full
+jitter): COMFY_BRIDGE_WEBHOOK_RETRIES (5) more attempts, waits up to
+COMFY_BRIDGE_WEBHOOK_RETRY_BACKOFF_S (1 s) before the first, doubling, capped at 60 s; each
 attempt times out after COMFY_BRIDGE_WEBHOOK_TIMEOUT_S (10 s). Other statuses are final.
 
 Body: the response JSON (success or failure) with `extra_params` from the request added
-under that key; inline data only up to a cap (body.py). Signing: see `signing.py`
-(secret: `webhook.secret`, else COMFY_BRIDGE_WEBHOOK_SECRET).
+under that key and the event `type` (`generation.succeeded`, `generation.failed`, or
+`generation.redelivered` when spooled outputs reached S3 later, comfy_bridge/delivery/redeliver.py);
+inline data only up to a cap (body.py). Signing: Standard Webhooks, see `signing.py`
+(secret: `webhook.secret`, else COMFY_BRIDGE_WEBHOOK_SECRET); `webhook-id` is
+`<request_id>.<type>`, the same on every retry, so a receiver can deduplicate.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +33,7 @@ from comfy_bridge import logs
 from comfy_bridge import observability as obs
 from comfy_bridge.inputs.netguard import AddressRefused, check_url, guarded_session, refused
 from comfy_bridge.jobs.protocol import JobInput, WebhookTarget
+from comfy_bridge.retry import RetryPolicy
 from comfy_bridge.settings import BridgeSettings
 from comfy_bridge.webhooks.body import capped
 from comfy_bridge.webhooks.signing import (
@@ -47,6 +51,14 @@ _MAX_DELAY_S = 60.0
 _THREAD_DUMP_BYTES = 1 << 20
 
 
+class _Failed(Exception):
+    """An attempt worth retrying (connection error, timeout, 408/425/429/5xx)."""
+
+    def __init__(self, error: str, status: int | None) -> None:
+        super().__init__(error)
+        self.error, self.status = error, status
+
+
 @dataclass
 class WebhookResult:
     request_id: str
@@ -54,6 +66,13 @@ class WebhookResult:
     attempts: int
     status: int | None = None
     error: str | None = None
+
+
+def event_type(payload: dict[str, Any]) -> str:
+    """The Standard Webhooks event type of a body."""
+    if payload.get("event") == "redelivered":
+        return "generation.redelivered"
+    return "generation.succeeded" if payload.get("status") == "success" else "generation.failed"
 
 
 def _where(url: URL) -> str:
@@ -92,6 +111,8 @@ class WebhookSender:
             if target.extra_params:
                 payload["extra_params"] = target.extra_params
             payload = capped(payload, self.settings.webhook_max_inline_bytes)  # URLs, not big data
+            payload["type"] = event_type(payload)
+            msg_id = f"{request_id}.{payload['type']}"
             raw = await self._encode(payload)
             secret_value = target.secret or self.settings.webhook_secret
             secret = secret_value.get_secret_value() if secret_value else None
@@ -101,7 +122,7 @@ class WebhookSender:
                 log.error("webhook not sent: %s", exc)
                 obs.webhook_failed()
                 return WebhookResult(request_id, False, 0, error=str(exc))
-            result = await self._post_with_retries(url, raw, secret, request_id)
+            result = await self._post_with_retries(url, raw, secret, request_id, msg_id)
             if not result.delivered:
                 obs.webhook_failed()  # comfy_bridge_webhook_failures_total
             return result
@@ -116,53 +137,52 @@ class WebhookSender:
         return dump()
 
     async def _post_with_retries(
-        self, url: URL, raw: bytes, secret: str | None, request_id: str
+        self, url: URL, raw: bytes, secret: str | None, request_id: str, msg_id: str
     ) -> WebhookResult:
         retries = self.settings.webhook_retries
-        backoff = self.settings.webhook_retry_backoff_s
         where = _where(url)
-        status: int | None = None
-        error: str | None = None
-        for attempt in range(1, retries + 2):
-            ts = int(time.time())
-            headers = {
-                "Content-Type": "application/json",
-                TIMESTAMP_HEADER: str(ts),
-                ID_HEADER: request_id,
-                ATTEMPT_HEADER: str(attempt),
-            }
-            if secret:  # HMAC over a big body: off the event loop
-                headers[SIGNATURE_HEADER] = (await asyncio.to_thread(sign, secret, ts, raw)
-                                             if len(raw) > _THREAD_DUMP_BYTES else sign(secret, ts, raw))
-            try:
-                async with self._http().post(url, data=raw, headers=headers, allow_redirects=False) as resp:
-                    status = resp.status
-                    await resp.read()
-                if 200 <= status < 300:
-                    log.info("webhook delivered to %s (attempt %d, HTTP %d)", where, attempt, status)
-                    return WebhookResult(request_id, True, attempt, status)
-                error = f"HTTP {status}"
-                if status not in _RETRY_STATUSES and status < 500:
-                    log.error("webhook to %s refused with HTTP %d: not retried", where, status)
-                    return WebhookResult(request_id, False, attempt, status, error)
-            except asyncio.CancelledError:
-                raise
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                why = refused(exc)
-                if why is not None:
-                    log.error("webhook not sent to %s: %s", where, why)
-                    return WebhookResult(request_id, False, attempt, None, str(why))
-                status = None
-                error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            if attempt <= retries:
-                delay = min(_MAX_DELAY_S, backoff * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
-                log.warning(
-                    "webhook to %s failed (attempt %d of %d: %s), retrying in %.2fs",
-                    where, attempt, retries + 1, logs.redact(error or ""), delay,
-                )
-                await asyncio.sleep(delay)
-        log.error("webhook to %s failed after %d attempts: %s", where, retries + 1, logs.redact(error or ""))
-        return WebhookResult(request_id, False, retries + 1, status, error)
+        policy = RetryPolicy(first_s=self.settings.webhook_retry_backoff_s, cap_s=_MAX_DELAY_S, attempts=retries + 1,
+                             retry_on=lambda exc: isinstance(exc, _Failed), what=f"webhook to {where}", log=log)
+        tries = 0
+        try:
+            async for attempt in policy.retrying():
+                with attempt:
+                    tries = attempt.retry_state.attempt_number
+                    result = await self._post_once(url, raw, secret, request_id, msg_id, tries)
+        except _Failed as exc:
+            log.error("webhook to %s failed after %d attempts: %s", where, tries, logs.redact(exc.error))
+            return WebhookResult(request_id, False, tries, exc.status, exc.error)
+        if result.status is not None and not result.delivered:
+            log.error("webhook to %s refused with HTTP %d: not retried", where, result.status)
+        elif not result.delivered:
+            log.error("webhook not sent to %s: %s", where, result.error)
+        return result
+
+    async def _post_once(
+        self, url: URL, raw: bytes, secret: str | None, request_id: str, msg_id: str, attempt: int
+    ) -> WebhookResult:
+        """One POST: its result when final (delivered or refused), _Failed when worth retrying."""
+        ts = int(time.time())
+        headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: str(ts), ID_HEADER: msg_id,
+                   ATTEMPT_HEADER: str(attempt)}
+        if secret:  # HMAC over a big body: off the event loop
+            headers[SIGNATURE_HEADER] = (await asyncio.to_thread(sign, secret, msg_id, ts, raw)
+                                         if len(raw) > _THREAD_DUMP_BYTES else sign(secret, msg_id, ts, raw))
+        try:
+            async with self._http().post(url, data=raw, headers=headers, allow_redirects=False) as resp:
+                status = resp.status
+                await resp.read()
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            why = refused(exc)
+            if why is not None:
+                return WebhookResult(request_id, False, attempt, None, str(why))
+            raise _Failed(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, None) from exc
+        if 200 <= status < 300:
+            log.info("webhook delivered to %s (attempt %d, HTTP %d)", _where(url), attempt, status)
+            return WebhookResult(request_id, True, attempt, status)
+        if status in _RETRY_STATUSES or status >= 500:
+            raise _Failed(f"HTTP {status}", status)
+        return WebhookResult(request_id, False, attempt, status, f"HTTP {status}")
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:

@@ -95,6 +95,8 @@ def test_unknown_template_lists_available(store):
         ({"sampler_name": "res_9000"}, "sampler_name", "must be one of: euler"),
         ({"prompt": 7}, "prompt", "must be a string"),
         ({"checkpoint": "../../etc/passwd"}, "checkpoint", "must match"),
+        ({"checkpoint": "!/x.safetensors"}, "checkpoint", "must match"),  # the whole string, not a part
+        ({"cfg": float("nan")}, "cfg", "must be a number"),
         ({"colour": "red"}, "colour", "unknown parameter"),
         ({"batch_size": True}, "batch_size", "not a boolean"),
     ],

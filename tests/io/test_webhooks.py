@@ -1,17 +1,21 @@
-"""Webhooks: signed with HMAC-SHA256, retried with backoff, never in the way of the response."""
+"""Webhooks: signed per Standard Webhooks (checked with the `standardwebhooks` library), retried with backoff, never in the way of the response."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
+import time
 
 import pytest
 from aiohttp import web
 from pydantic import SecretStr
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
 from comfy_bridge.jobs.protocol import JobInput
-from comfy_bridge.webhooks import WebhookSender, sign, verify
+from comfy_bridge.webhooks import WebhookSender, sign, verify, whsec_form
 from comfy_bridge.webhooks.signing import (
     ATTEMPT_HEADER,
     ID_HEADER,
@@ -68,11 +72,32 @@ async def test_signed_delivery_verified_by_receiver(make_settings, senders, http
     result = await task
     assert result.delivered and result.attempts == 1
     [(headers, raw)] = receiver.received
-    assert verify("per-request-secret", raw, headers[TIMESTAMP_HEADER], headers[SIGNATURE_HEADER])
-    assert not verify("another-secret", raw, headers[TIMESTAMP_HEADER], headers[SIGNATURE_HEADER])
-    assert headers[SIGNATURE_HEADER] == sign("per-request-secret", headers[TIMESTAMP_HEADER], raw)
-    assert headers[ID_HEADER] == "req-wh" and headers[ATTEMPT_HEADER] == "1"
-    assert json.loads(raw) == {**BODY, "extra_params": {"user": 42}}
+    # The library's own verifier, with the plain secret as raw bytes and in its whsec_ form.
+    expected = {**BODY, "extra_params": {"user": 42}, "type": "generation.succeeded"}
+    assert Webhook(b"per-request-secret").verify(raw, headers) == expected
+    assert Webhook(whsec_form("per-request-secret")).verify(raw, headers) == expected
+    with pytest.raises(WebhookVerificationError):
+        Webhook(b"another-secret").verify(raw, headers)
+    assert verify("per-request-secret", raw, headers)
+    assert not verify("another-secret", raw, headers)
+    assert headers[SIGNATURE_HEADER].startswith("v1,")
+    assert headers[SIGNATURE_HEADER] == sign("per-request-secret", headers[ID_HEADER], headers[TIMESTAMP_HEADER], raw)
+    assert headers[ID_HEADER] == "req-wh.generation.succeeded" and headers[ATTEMPT_HEADER] == "1"
+    assert json.loads(raw) == expected
+
+
+async def test_whsec_secret_and_event_types(make_settings, senders, http_server):
+    receiver = Receiver()
+    url = await http_server({"/hook": receiver.handle}) + "/hook"
+    secret = "whsec_" + base64.b64encode(b"\x00\x01random-key-bytes").decode()
+    sender = senders(make_settings())
+    failed = {"id": "req-wh", "status": "failed", "error": {"type": "x", "message": "m", "retriable": False}}
+    redelivered = {"id": "req-wh", "status": "success", "event": "redelivered", "output": []}
+    for body in (failed, redelivered):
+        assert (await sender.schedule(job(url, secret=secret), body)).delivered
+    types = [Webhook(secret).verify(raw, headers)["type"] for headers, raw in receiver.received]
+    assert types == ["generation.failed", "generation.redelivered"]
+    assert [h[ID_HEADER] for h, _ in receiver.received] == ["req-wh.generation.failed", "req-wh.generation.redelivered"]
 
 
 async def test_settings_secret_and_unsigned(make_settings, senders, http_server):
@@ -83,18 +108,23 @@ async def test_settings_secret_and_unsigned(make_settings, senders, http_server)
     unsigned = senders(make_settings())
     assert (await unsigned.schedule(job(url), BODY)).delivered
     (h1, raw1), (h2, _) = receiver.received
-    assert verify("env-secret", raw1, h1[TIMESTAMP_HEADER], h1[SIGNATURE_HEADER])
+    assert verify("env-secret", raw1, h1)
     assert SIGNATURE_HEADER not in h2
 
 
 def test_verify_rejects_stale_and_tampered():
     raw = b'{"a":1}'
-    sig = sign("s3cr3t", 1000, raw)
-    assert verify("s3cr3t", raw, "1000", sig, now=1100)
-    assert not verify("s3cr3t", raw, "1000", sig, now=2000)  # replayed too late
-    assert not verify("s3cr3t", b'{"a":2}', "1000", sig, now=1100)
-    assert not verify("s3cr3t", raw, "1001", sig, now=1100)  # timestamp is signed
-    assert not verify("s3cr3t", raw, None, sig)
+    now = int(time.time())
+
+    def headers(msg_id: str = "m1", ts: int = now, sig_ts: int = now, sig_id: str = "m1") -> dict[str, str]:
+        return {ID_HEADER: msg_id, TIMESTAMP_HEADER: str(ts), SIGNATURE_HEADER: sign("s3cr3t", sig_id, sig_ts, raw)}
+
+    assert verify("s3cr3t", raw, headers())
+    assert not verify("s3cr3t", raw, headers(ts=now - 1000, sig_ts=now - 1000))  # replayed too late
+    assert not verify("s3cr3t", b'{"a":2}', headers())
+    assert not verify("s3cr3t", raw, headers(ts=now + 1))  # the timestamp is signed
+    assert not verify("s3cr3t", raw, headers(msg_id="m2"))  # so is the id
+    assert not verify("s3cr3t", raw, {ID_HEADER: "m1", TIMESTAMP_HEADER: str(now)})
 
 
 async def test_retried_with_backoff_until_accepted(make_settings, senders, http_server):
@@ -103,8 +133,9 @@ async def test_retried_with_backoff_until_accepted(make_settings, senders, http_
     result = await senders(make_settings(webhook_retries=3)).schedule(job(url, secret="k3y-value"), BODY)
     assert result.delivered and result.attempts == 4
     assert [h[ATTEMPT_HEADER] for h, _ in receiver.received] == ["1", "2", "3", "4"]
-    for headers, raw in receiver.received:  # each attempt signed afresh
-        assert verify("k3y-value", raw, headers[TIMESTAMP_HEADER], headers[SIGNATURE_HEADER])
+    for headers, raw in receiver.received:  # each attempt signed afresh, under one message id
+        assert verify("k3y-value", raw, headers)
+    assert {h[ID_HEADER] for h, _ in receiver.received} == {"req-wh.generation.succeeded"}
 
 
 async def test_client_error_is_final(make_settings, senders, http_server):

@@ -62,7 +62,7 @@ async def test_bad_arguments_are_tool_errors_naming_the_parameter(mcp_server):
         missing = await client.call_tool(TEMPLATE, {"steps": 3})
         no_graph = await client.call_tool("run_workflow", {"images": []})
     assert wrong_type.is_error and "'steps'" in wrong_type.content[0].text
-    assert missing.is_error and "'prompt' is a required property" in missing.content[0].text
+    assert missing.is_error and "parameter 'prompt': is required" in missing.content[0].text
     assert no_graph.is_error and "'workflow'" in no_graph.content[0].text
 
 

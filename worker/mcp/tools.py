@@ -6,7 +6,8 @@
 - `list_templates`; `get_result(job_id)`: wait again for a call that outlasted the
   client's tool timeout (worker/mcp/jobs.py).
 
-Arguments are checked against the tool's schema (jsonschema) before anything is sent,
+Arguments are checked against the tool's schema (comfy_bridge/templates/schema_check.py,
+the same check as template parameters) before anything is sent,
 and a bad one is a tool error naming the parameter. Results: images as image content
 (downscaled above a size cap), other kinds (video, audio, files) as links with their
 mimetype (S3 URLs) or embedded when inline, plus a text part with the request id,
@@ -22,9 +23,9 @@ import re
 from typing import Any
 
 import aiohttp
-import jsonschema
 import mcp_types as types
 
+from comfy_bridge.templates import schema_check
 from comfy_bridge.jobs.protocol import GenerateResponse, OutputFile
 from comfy_bridge.jobs.stream_events import small_jpeg
 
@@ -93,14 +94,8 @@ def tool_list(templates: list[dict[str, Any]]) -> list[types.Tool]:
 
 def argument_error(schema: dict[str, Any], arguments: dict[str, Any]) -> str | None:
     """What is wrong with `arguments` under `schema`, naming each parameter; None if fine."""
-    validator = jsonschema.Draft202012Validator(schema)
-    problems = []
-    for err in sorted(validator.iter_errors(arguments), key=lambda e: list(e.absolute_path)):
-        where = ".".join(str(p) for p in err.absolute_path)
-        if err.validator == "required" or not where:
-            problems.append(err.message)
-        else:
-            problems.append(f"parameter {where!r}: {err.message}")
+    problems = [f"parameter {p.param!r}: {p.message}" if p.param else p.message
+                for p in schema_check.problems(schema, arguments)]
     return "invalid arguments: " + "; ".join(problems) if problems else None
 
 
