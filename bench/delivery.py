@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from comfy_bridge.delivery.base import Artifact  # noqa: E402
 from comfy_bridge.delivery.s3 import S3Destination  # noqa: E402
-from comfy_bridge.jobs.protocol import JobInput  # noqa: E402
+from comfy_bridge.schemas.job import JobInput  # noqa: E402
 from comfy_bridge.settings import BridgeSettings, S3Settings  # noqa: E402
 from tests.io.seaweed import REGION, Seaweed, free_port, start_seaweed  # noqa: E402
 from common import wait_ready

@@ -45,7 +45,7 @@ import aiohttp
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from comfy_bridge import errors, logs
-from comfy_bridge.jobs.protocol import FailureResponse, GenerateResponse, JobInput
+from comfy_bridge.schemas.job import FailureResponse, GenerateResponse, JobInput
 from comfy_bridge.retry import RetryPolicy
 from worker.cost import PricedResponse
 from worker.workload import WorkloadModel

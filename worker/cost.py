@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from comfy_bridge.jobs.protocol import GenerateResponse
+from comfy_bridge.schemas.job import GenerateResponse
 
 WINDOW = 64 * 1024
 _KEY = b'"timings"'

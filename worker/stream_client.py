@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from comfy_bridge import logs
 from comfy_bridge.jobs import stream_protocol as sp
-from comfy_bridge.jobs.protocol import JobInput
+from comfy_bridge.schemas.job import JobInput
 from worker.client import (
     CallError,
     WorkerClient,

@@ -17,13 +17,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import glob
 import inspect
-import os
-import re
 import shlex
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Literal, Mapping, Sequence
@@ -33,6 +29,8 @@ import aiohttp
 
 from comfy_bridge import logs
 from comfy_bridge.comfyui import gc_freeze as gc_freeze_pack
+from comfy_bridge.comfyui.child_log import LogSink
+from comfy_bridge.comfyui.child_process import ChildProcessGroup
 from comfy_bridge.errors import ComfyUnavailable, ComfyUnrecoverable
 
 log = logs.get(__name__)
@@ -40,152 +38,7 @@ log = logs.get(__name__)
 State = Literal["stopped", "starting", "ready", "restarting", "failed"]
 Listener = Callable[[str, str], "Awaitable[None] | None"]
 
-# Environment variables of ours that ComfyUI and its custom nodes have no business reading.
-_PRIVATE_ENV_PREFIXES = ("S3_", "COMFY_BRIDGE_WEBHOOK_SECRET", "MASTER_TOKEN", "WORKER_AUTH")
-
-# ComfyUI's two shapes of an import failure (see tests/reliability/fixtures/comfyui-startup.log):
-#   "IMPORT FAILED: nodes_audio.py"                                   (comfy_extras)
-#   "   0.4 seconds (IMPORT FAILED): /opt/ComfyUI/custom_nodes/RES4LYF" (custom node packs)
-_IMPORT_FAILED = re.compile(r"(?:^IMPORT FAILED:\s*|\(IMPORT FAILED\):\s*)(?P<what>\S.*?)\s*$")
-_CANNOT_IMPORT = re.compile(r"^Cannot import (?P<what>.+?) module for custom nodes: (?P<err>.*)$")
-
-
-def parse_import_failures(lines: Sequence[str]) -> list[str]:
-    """Paths/names of node modules ComfyUI failed to import, in log order, without repeats."""
-    found: list[str] = []
-    for line in lines:
-        m = _IMPORT_FAILED.search(line.rstrip())
-        if m and m.group("what") not in found:
-            found.append(m.group("what"))
-    return found
-
-
-def parse_import_errors(lines: Sequence[str]) -> dict[str, str]:
-    """`{module path: error}` from ComfyUI's "Cannot import ... module for custom nodes" lines."""
-    errors: dict[str, str] = {}
-    for line in lines:
-        m = _CANNOT_IMPORT.match(line.strip())
-        if m:
-            errors[m.group("what")] = m.group("err")
-    return errors
-
-
-# Errors after which this process's CUDA context is unusable: every later kernel fails too,
-# so the worker must be replaced (mark_fatal), not retried. Matched case-insensitively.
-_CUDA_FATAL = re.compile(
-    r"device-side assert|illegal memory access|illegal instruction|misaligned address"
-    r"|unspecified launch failure|uncorrectable ECC error|cudaErrorLaunchFailure"
-    r"|CUDA error: unknown error|GPU is lost|CUBLAS_STATUS_EXECUTION_FAILED",
-    re.IGNORECASE,
-)
-# Out of memory: free models/cache (POST /free) and retry once; a later OOM is a 500.
-_OUT_OF_MEMORY = re.compile(
-    r"OutOfMemoryError|out of memory|Allocation on device|CUBLAS_STATUS_ALLOC_FAILED"
-    r"|CUDNN_STATUS_ALLOC_FAILED",
-    re.IGNORECASE,
-)
-
-ExecutionErrorKind = Literal["cuda_fatal", "out_of_memory"]
-
-
-def classify_execution_error(
-    exception_type: str | None, exception_message: str | None
-) -> ExecutionErrorKind | None:
-    """Sort a ComfyUI `execution_error` (its exception_type and exception_message fields):
-    "cuda_fatal" (call `mark_fatal`), "out_of_memory" (free and retry), or None (the
-    node's own failure, a plain 500)."""
-    text = f"{exception_type or ''}: {exception_message or ''}"
-    if _CUDA_FATAL.search(text):
-        return "cuda_fatal"
-    if _OUT_OF_MEMORY.search(text):
-        return "out_of_memory"
-    return None
-
-
-def has_gpu() -> bool:
-    """Whether an accelerator device node is visible (decides ComfyUI's `--cpu`)."""
-    return bool(glob.glob("/dev/nvidia[0-9]*")) or os.path.exists("/dev/kfd")
-
-
-class _ChildProtocol(asyncio.SubprocessProtocol):
-    """Feeds output to the supervisor and resolves `exited` the moment the child is reaped."""
-
-    def __init__(self, on_output: Callable[[bytes], None], exited: asyncio.Future[None]) -> None:
-        self._on_output = on_output
-        self._exited = exited
-
-    def pipe_data_received(self, fd: int, data: bytes) -> None:
-        self._on_output(data)
-
-    def process_exited(self) -> None:
-        if not self._exited.done():
-            self._exited.set_result(None)
-
-
-class _LogSink:
-    """Append-only log file capped at `max_bytes` (one rotated copy `<name>.1`), plus a tail."""
-
-    def __init__(self, path: Path, max_bytes: int, tail_lines: int = 200) -> None:
-        self.path = path
-        self.max_bytes = max_bytes
-        self.tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
-        self.import_failures: list[str] = []
-        self.import_errors: dict[str, str] = {}
-        self._partial = b""
-        self._fh: Any = None
-
-    def open(self, banner: str) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the child
-        self.tail.clear()
-        self.import_failures.clear()
-        self.import_errors.clear()
-        self._partial = b""
-        self.write(f"\n=== {banner} ===\n".encode())
-
-    def write(self, data: bytes) -> None:
-        # Small synchronous appends: ComfyUI logs a few hundred bytes per prompt, so a thread
-        # hop would cost more than the write.
-        if self._fh is None:
-            return
-        try:
-            self._fh.write(data)
-            if self._fh.tell() > self.max_bytes:
-                self._rotate()
-        except OSError as exc:  # a full disk must not take the worker down
-            log.warning("cannot write ComfyUI log %s: %s", self.path, exc)
-        self._scan(data)
-
-    def _rotate(self) -> None:
-        self._fh.close()
-        os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-        self._fh = open(self.path, "ab", buffering=0)  # noqa: SIM115
-
-    def _scan(self, data: bytes) -> None:
-        chunks = re.split(rb"[\r\n]", self._partial + data)
-        self._partial = chunks.pop()[-8192:]
-        for raw in chunks:
-            line = raw.decode("utf-8", "replace").rstrip()
-            if not line:
-                continue
-            self.tail.append(line)
-            m = _IMPORT_FAILED.search(line)
-            if m and m.group("what") not in self.import_failures:
-                self.import_failures.append(m.group("what"))
-            m = _CANNOT_IMPORT.match(line.strip())
-            if m:
-                self.import_errors[m.group("what")] = m.group("err")
-
-    def close(self) -> None:
-        if self._partial:
-            self._scan(b"\n")
-        if self._fh is not None:
-            with contextlib.suppress(OSError):
-                self._fh.close()
-            self._fh = None
-
-
-class ComfySupervisor:
+class ComfySupervisor(ChildProcessGroup):
     """Runs ComfyUI from `comfyui_path` and keeps it running, or says why it cannot.
 
     States: "stopped" -> "starting" -> "ready" <-> "restarting"; "failed" is final (K
@@ -238,7 +91,7 @@ class ComfySupervisor:
             extra_args = [*extra_args, *gc_freeze_pack.launch_args(self.log_path.parent)]
         self._argv = self._build_argv(python, command, cpu, extra_args)
         self._env = dict(env) if env is not None else self._child_env()
-        self._sink = _LogSink(self.log_path, max_log_bytes)
+        self._sink = LogSink(self.log_path, max_log_bytes)
 
         self._state: State = "stopped"
         self._reason = ""
@@ -297,10 +150,6 @@ class ComfySupervisor:
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._transport.get_pid() if self._transport else None
 
     @property
     def last_exit_code(self) -> int | None:
@@ -415,36 +264,6 @@ class ComfySupervisor:
 
     # ---- internals ------------------------------------------------------------------
 
-    def _build_argv(
-        self,
-        python: str | None,
-        command: Sequence[str] | None,
-        cpu: bool | None,
-        extra_args: Sequence[str],
-    ) -> list[str]:
-        if command is not None:
-            base = list(command)
-        else:
-            base = [python or self._find_python(), "main.py"]
-        argv = base + ["--listen", self.host, "--port", str(self.port), "--disable-auto-launch"]
-        if (not has_gpu()) if cpu is None else cpu:
-            argv.append("--cpu")
-        return argv + list(extra_args)
-
-    def _find_python(self) -> str:
-        # comfy-cli installs ComfyUI with its own virtualenv beside main.py.
-        for candidate in (".venv/bin/python", "venv/bin/python"):
-            p = self.comfyui_path / candidate
-            if p.exists():
-                return str(p)
-        return sys.executable
-
-    @staticmethod
-    def _child_env() -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(_PRIVATE_ENV_PREFIXES)}
-        env["PYTHONUNBUFFERED"] = "1"
-        return env
-
     def _public_reason(self) -> str:
         return logs.redact(self._reason or "ComfyUI failed")
 
@@ -525,47 +344,6 @@ class ComfySupervisor:
         tail = "\n".join(line[:300] for line in self.log_tail(15))[-3000:]
         reason = f"{why}\nlast ComfyUI log lines ({self.log_path}):\n{tail}" if tail else why
         self._set_state("failed", logs.redact(reason))
-
-    async def _launch(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._close_transport()
-        self._sink.close()
-        self._sink.open(
-            f"comfy-supervisor: launch at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: "
-            f"{shlex.join(self._argv)}"
-        )
-        self._exited = loop.create_future()
-        self._kick.clear()
-        self._restart_requested = None
-        transport, _ = await loop.subprocess_exec(
-            lambda: _ChildProtocol(self._sink.write, self._exited),  # type: ignore[arg-type]
-            *self._argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            cwd=str(self.comfyui_path),
-            env=self._env,
-            start_new_session=True,  # own process group: stop() kills the whole tree
-        )
-        self._transport = transport
-        log.info("launched ComfyUI pid %s: %s", transport.get_pid(), shlex.join(self._argv))
-
-    async def _port_frees(self) -> bool:
-        """True once nothing accepts connections on host:port (waits up to port_wait_s)."""
-        deadline = time.monotonic() + self.port_wait_s
-        while True:
-            try:
-                _, writer = await asyncio.wait_for(
-                    asyncio.open_connection(self.host, self.port), 1.0
-                )
-            except (OSError, asyncio.TimeoutError):
-                return True
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.1)
 
     async def _probe(self, timeout: float) -> bool:
         assert self._session is not None
@@ -653,36 +431,3 @@ class ComfySupervisor:
                     cause += f" ({signal.Signals(-code).name})"
         log.warning(cause, extra={"fields": {"exit_code": code}})
         return cause
-
-    def _signal_group(self, sig: signal.Signals) -> None:
-        pid = self.pid
-        if pid is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, sig)
-
-    async def _kill_group(self, sig: signal.Signals) -> None:
-        self._signal_group(sig)
-        if self._exited is not None:
-            await self._exited
-
-    async def _terminate(self, grace_s: float) -> None:
-        if self._transport is None or self._exited is None:
-            self._sink.close()
-            return
-        if not self._exited.done():
-            self._signal_group(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(asyncio.shield(self._exited), grace_s)
-            except asyncio.TimeoutError:
-                log.warning("ComfyUI ignored SIGTERM for %ss; killing it", grace_s)
-                await self._kill_group(signal.SIGKILL)
-        self._last_exit_code = self._transport.get_returncode()
-        self._signal_group(signal.SIGKILL)
-        self._close_transport()
-        self._sink.close()
-
-    def _close_transport(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None

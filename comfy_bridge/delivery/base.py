@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from comfy_bridge.jobs.protocol import JobInput, OutputFile
+from comfy_bridge.schemas.job import JobInput, OutputFile
 
 mimetypes.add_type("image/webp", ".webp")
 mimetypes.add_type("video/webm", ".webm")

@@ -17,7 +17,7 @@ from PIL import Image
 
 from comfy_bridge import logs
 from comfy_bridge.delivery.base import Artifact
-from comfy_bridge.jobs.protocol import OutputOptions
+from comfy_bridge.schemas.job import OutputOptions
 
 log = logs.get(__name__)
 

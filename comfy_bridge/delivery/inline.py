@@ -22,7 +22,7 @@ from comfy_bridge.delivery.base import Artifact
 from comfy_bridge.delivery.convert import convert_artifacts
 from comfy_bridge.delivery.stream import Base64File
 from comfy_bridge.errors import DeliveryFailed
-from comfy_bridge.jobs.protocol import GenerateResponse, JobInput, OutputFile
+from comfy_bridge.schemas.job import GenerateResponse, JobInput, OutputFile
 from comfy_bridge.settings import BridgeSettings
 
 # Files above this are read and encoded in a thread so the event loop keeps serving.

@@ -7,12 +7,12 @@ comfy_bridge/jobs/serving.py calls `check_destinations` just before it submits, 
 destination that is refused or cannot work is a 422 (DestinationRefused, not
 retriable) naming the field and what to do.
 
-- webhook.url: syntax, and the address policy of comfy_bridge/inputs/netguard.py on every
+- webhook.url: syntax, and the address policy of comfy_bridge/net/guard.py on every
   address the host resolves to (a name that does not exist is refused; a resolver that
   does not answer is let through: the sender's own guarded resolver checks again).
 - s3: only when the request names its own endpoint, bucket, credentials or region and the
-  outputs go to S3 (delivery/select.py). The endpoint is resolved once, checked and
-  pinned (delivery/endpoint.py); then one cheap authenticated call, ListObjectsV2 with
+  outputs go to S3 (delivery/choice.py). The endpoint is resolved once, checked and
+  pinned (net/endpoint.py); then one cheap authenticated call, ListObjectsV2 with
   MaxKeys=1, on the client delivery will use. Only answers that prove the destination
   cannot work are refused (no such bucket, keys the store does not accept, an endpoint
   name that does not exist). AccessDenied is let through, since keys allowed to write but
@@ -34,10 +34,10 @@ from cachetools import TTLCache
 from yarl import URL
 
 from comfy_bridge import logs
-from comfy_bridge.delivery import select
+from comfy_bridge.delivery import choice
 from comfy_bridge.errors import DestinationRefused
-from comfy_bridge.inputs.netguard import AddressRefused, address_allowed, check_url
-from comfy_bridge.jobs.protocol import JobInput
+from comfy_bridge.net.guard import AddressRefused, address_allowed, check_url
+from comfy_bridge.schemas.job import JobInput
 from comfy_bridge.settings import BridgeSettings
 
 log = logs.get(__name__)
@@ -67,8 +67,8 @@ async def check_destinations(job: JobInput, settings: BridgeSettings) -> None:
     if job.webhook is not None:
         await _cached(("webhook", job.webhook.url, settings.allow_private_urls),
                       lambda: _check_webhook(job.webhook.url, settings.allow_private_urls), "webhook")
-    if job.s3 is not None and any(getattr(job.s3, f) for f in _OWN_S3_FIELDS) and select.uses_s3(job, settings):
-        from comfy_bridge.delivery import s3  # boto3 loads only where S3 is used
+    if job.s3 is not None and any(getattr(job.s3, f) for f in _OWN_S3_FIELDS) and choice.uses_s3(job, settings):
+        from comfy_bridge.s3 import target as s3  # boto3 loads only where S3 is used
 
         target = s3.resolve_target(job.s3, settings.s3)
         if target is not None:
@@ -130,7 +130,8 @@ def _private(what: str) -> str:
 async def _check_s3(job: JobInput, settings: BridgeSettings, target: Any) -> tuple[str, str] | None:
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-    from comfy_bridge.delivery import endpoint, s3
+    from comfy_bridge.net import endpoint
+    from comfy_bridge.s3 import target as s3
 
     where = _where(target)
     try:
@@ -143,7 +144,7 @@ async def _check_s3(job: JobInput, settings: BridgeSettings, target: Any) -> tup
         return "s3.endpoint_url", f"{exc}; check s3.endpoint_url"
     except ValueError as exc:
         return "s3.endpoint_url", f"s3.endpoint_url is not a usable URL ({exc}); give http(s)://host[:port]"
-    clients = getattr(select.pick(job, settings), "clients", None)  # the clients delivery will use
+    clients = getattr(choice.pick(job, settings), "clients", None)  # the clients delivery will use
     if clients is None:
         return None
     secrets = target.secrets()
@@ -166,7 +167,7 @@ async def _check_s3(job: JobInput, settings: BridgeSettings, target: Any) -> tup
 
 
 def _client_error(exc: Any, target: Any, where: str, secrets: list[str]) -> tuple[str, str] | None:
-    from comfy_bridge.delivery import s3
+    from comfy_bridge.s3 import target as s3
 
     code = str(exc.response.get("Error", {}).get("Code", ""))
     said = s3.describe_error(exc, secrets)

@@ -24,7 +24,7 @@ from typing import Any, Awaitable, Callable
 
 from comfy_bridge import logs
 from comfy_bridge.delivery.spool import Spool
-from comfy_bridge.jobs.protocol import JobInput, OutputFile
+from comfy_bridge.schemas.job import JobInput, OutputFile
 from comfy_bridge.retry import RetryPolicy
 from comfy_bridge.settings import BridgeSettings
 

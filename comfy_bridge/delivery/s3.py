@@ -25,238 +25,30 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
-import hashlib
 import io
-from collections import OrderedDict
-from dataclasses import dataclass, replace
 from typing import Any
 from collections.abc import Callable
 
-import boto3
-from boto3.s3.transfer import TransferConfig, create_transfer_manager
-from botocore.config import Config
-from botocore.exceptions import ClientError
-from pydantic import SecretStr
 from s3transfer.subscribers import BaseSubscriber
 
 from comfy_bridge import logs
 from comfy_bridge import observability as obs
-from comfy_bridge.delivery import endpoint
 from comfy_bridge.delivery import redeliver
 from comfy_bridge.delivery.base import Artifact, guess_mimetype
 from comfy_bridge.delivery.convert import convert_artifacts
 from comfy_bridge.delivery.spool import Spool
 from comfy_bridge.errors import DeliveryFailed
 from comfy_bridge.retry import RetryPolicy
-from comfy_bridge.jobs.protocol import JobInput, OutputFile
-from comfy_bridge.jobs.protocol import S3Destination as S3Request
-from comfy_bridge.settings import BridgeSettings, S3Settings
+from comfy_bridge.s3.clients import S3Client, S3Clients
+from comfy_bridge.s3.target import S3Target, check_endpoint, describe_error, is_permanent, resolve_target
+from comfy_bridge.schemas.job import JobInput, OutputFile
+from comfy_bridge.settings import BridgeSettings
 
 log = logs.get(__name__)
 # The longest wait between two tries of one upload.
 _MAX_BACKOFF_S = 30.0
 
-# S3 error codes that no retry can fix: fail at once instead of backing off for seconds.
-_PERMANENT_CODES = {
-    "AccessDenied", "AllAccessDisabled", "AuthorizationHeaderMalformed", "InvalidAccessKeyId",
-    "InvalidBucketName", "NoSuchBucket", "SignatureDoesNotMatch", "InvalidArgument",
-    "InvalidRequest", "AccountProblem", "NotImplemented", "MethodNotAllowed", "403", "404",
-}
-
 ProgressHook = Callable[[str, int], None]
-
-
-@dataclass(frozen=True)
-class S3Target:
-    """One request's destination: the request's `s3` fields over the environment's."""
-
-    bucket: str
-    prefix: str
-    endpoint_url: str | None
-    region: str | None
-    access_key_id: SecretStr | None
-    secret_access_key: SecretStr | None
-    endpoint_from_request: bool = False
-    credentials_from_request: bool = False
-    # The checked addresses a request's own endpoint is connected to (delivery/endpoint.py).
-    pinned_addresses: tuple[str, ...] = ()
-
-    def key_for(self, run_key: str, filename: str) -> str:
-        """`prefix/request_id/run_id/filename`, from `JobInput.run_key`."""
-        prefix = self.prefix.strip("/")
-        return f"{prefix}/{run_key}/{filename}" if prefix else f"{run_key}/{filename}"
-
-    def secrets(self) -> list[str]:
-        return [s.get_secret_value() for s in (self.access_key_id, self.secret_access_key) if s]
-
-    def client_key(self) -> tuple[Any, ...]:
-        secret = self.secret_access_key.get_secret_value() if self.secret_access_key else ""
-        return (
-            self.endpoint_url,
-            self.region,
-            self.access_key_id.get_secret_value() if self.access_key_id else None,
-            hashlib.sha256(secret.encode()).hexdigest(),
-            self.pinned_addresses,
-        )
-
-
-def resolve_target(
-    request: S3Request | None, defaults: S3Settings, *, bucket: str | None = None
-) -> S3Target | None:
-    """Merge a request's `s3` over the S3_* settings; None when no bucket is named anywhere.
-
-    `bucket` overrides both (an `s3://bucket/key` input names its own bucket). Credentials
-    go as a pair: a request that gives either key gets none of the environment's.
-    """
-
-    def given(name: str) -> Any:
-        value = getattr(request, name, None) if request is not None else None
-        return value if value not in (None, "") else None
-
-    def pick(name: str) -> Any:
-        value = given(name)
-        return value if value is not None else getattr(defaults, name)
-
-    bucket = bucket or pick("bucket_name")
-    if not bucket:
-        return None
-    own_keys = given("access_key_id") is not None or given("secret_access_key") is not None
-    keys = given if own_keys else functools.partial(getattr, defaults)
-    return S3Target(
-        bucket=bucket,
-        prefix=pick("prefix") or "",
-        endpoint_url=pick("endpoint_url"),
-        region=pick("region"),
-        access_key_id=keys("access_key_id"),
-        secret_access_key=keys("secret_access_key"),
-        endpoint_from_request=bool(request is not None and request.endpoint_url),
-        credentials_from_request=own_keys,
-    )
-
-
-class WorkerCredentialsRefused(ValueError):
-    """The worker's own credentials would go to an endpoint or bucket the caller chose."""
-
-
-async def check_endpoint(target: S3Target, *, allow_private: bool) -> S3Target:
-    """`target` pinned to the checked addresses of a caller-chosen endpoint (the operator's
-    own is trusted as is). AddressRefused for a non-public address; WorkerCredentialsRefused
-    when the worker's credentials would be sent to the caller's endpoint."""
-    if not target.endpoint_from_request or not target.endpoint_url:
-        return target
-    if not target.credentials_from_request:
-        raise WorkerCredentialsRefused(
-            "s3.endpoint_url is the request's own, so the worker's credentials are not sent "
-            "there: give s3.access_key_id and s3.secret_access_key with it"
-        )
-    addresses = await endpoint.resolve_once(target.endpoint_url, allow_private=allow_private)
-    return replace(target, pinned_addresses=addresses)
-
-
-def scrub(text: str, secrets: list[str]) -> str:
-    """Remove credentials from a message that may reach a response or a log line."""
-    for secret in secrets:
-        if len(secret) >= 4:  # shorter ones would mangle every message and protect nothing
-            text = text.replace(secret, "***")
-    return logs.redact(text)
-
-
-def describe_error(exc: BaseException, secrets: list[str]) -> str:
-    if isinstance(exc, ClientError):
-        err = exc.response.get("Error", {})
-        code = err.get("Code") or str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-        text = f"{code}: {err.get('Message') or exc}"
-    else:
-        text = f"{type(exc).__name__}: {exc}"
-    return scrub(text, secrets)
-
-
-def is_permanent(exc: BaseException) -> bool:
-    if isinstance(exc, ClientError):
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        return code in _PERMANENT_CODES
-    return isinstance(exc, (ValueError, FileNotFoundError, PermissionError))
-
-
-class _Client:
-    """A boto3 client and the transfer manager that shares its connection pool."""
-
-    def __init__(self, target: S3Target, settings: S3Settings) -> None:
-        session = boto3.session.Session()
-        self.s3 = session.client(
-            "s3",
-            endpoint_url=target.endpoint_url,
-            region_name=target.region,
-            aws_access_key_id=target.access_key_id.get_secret_value() if target.access_key_id else None,
-            aws_secret_access_key=(
-                target.secret_access_key.get_secret_value() if target.secret_access_key else None
-            ),
-            config=Config(
-                signature_version="s3v4",
-                # Path-style works on every S3-compatible store; AWS itself picks its own.
-                s3={"addressing_style": "path" if target.endpoint_url else "auto"},
-                # Our own loop retries with backoff; botocore retries once for blips.
-                retries={"max_attempts": 2, "mode": "standard"},
-                connect_timeout=5,
-                read_timeout=60,
-                max_pool_connections=settings.max_concurrency + 4,
-                tcp_keepalive=True,
-                request_checksum_calculation="when_required",
-                response_checksum_validation="when_required",
-            ),
-        )
-        if target.pinned_addresses and target.endpoint_url:
-            endpoint.pin(self.s3, target.endpoint_url, target.pinned_addresses)
-        threshold = settings.multipart_threshold_bytes
-        self.transfer = create_transfer_manager(
-            self.s3,
-            TransferConfig(
-                multipart_threshold=threshold,
-                multipart_chunksize=max(threshold, 5 * 1024 * 1024),
-                max_concurrency=settings.max_concurrency,
-                use_threads=True,
-                preferred_transfer_client="classic",
-            ),
-        )
-
-    def close(self) -> None:
-        self.transfer.shutdown(cancel=True)
-        self.s3.close()
-
-
-class S3Clients:
-    """A few clients kept alive (creating one costs tens of ms), keyed by endpoint+credentials."""
-
-    def __init__(self, settings: S3Settings, size: int = 8) -> None:
-        self._settings = settings
-        self._size = size
-        self._clients: OrderedDict[tuple[Any, ...], _Client] = OrderedDict()
-        self._lock = asyncio.Lock()
-
-    async def get(self, target: S3Target) -> _Client:
-        key = target.client_key()
-        async with self._lock:
-            client = self._clients.get(key)
-            if client is None:
-                client = await asyncio.to_thread(_Client, target, self._settings)
-                self._clients[key] = client
-                while len(self._clients) > self._size:
-                    _, old = self._clients.popitem(last=False)
-                    await asyncio.to_thread(old.close)
-            self._clients.move_to_end(key)
-            return client
-
-    async def aclose(self) -> None:
-        async with self._lock:
-            clients, self._clients = list(self._clients.values()), OrderedDict()
-        for client in clients:
-            await asyncio.to_thread(client.close)
-
-    def close(self) -> None:
-        """Synchronous shutdown, for finalizers; prefer aclose in a running loop."""
-        clients, self._clients = list(self._clients.values()), OrderedDict()
-        for client in clients:
-            client.close()
 
 
 class _Settle(BaseSubscriber):
@@ -396,7 +188,7 @@ class S3Destination:
         return outputs
 
     async def _deliver_one(
-        self, job: JobInput, target: S3Target, client: _Client, artifact: Artifact
+        self, job: JobInput, target: S3Target, client: S3Client, artifact: Artifact
     ) -> OutputFile:
         key = target.key_for(job.run_key, artifact.filename)
         mimetype = _mimetype(artifact)
@@ -427,7 +219,7 @@ class S3Destination:
         return await self._upload(client, target, art, key, mimetype)
 
     async def _upload(
-        self, client: _Client, target: S3Target, artifact: Artifact, key: str, mimetype: str
+        self, client: S3Client, target: S3Target, artifact: Artifact, key: str, mimetype: str
     ) -> str:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[str] = loop.create_future()

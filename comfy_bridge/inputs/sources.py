@@ -21,15 +21,10 @@ import aiohttp
 from botocore.exceptions import BotoCoreError, ClientError
 from yarl import URL
 
-from comfy_bridge.delivery.s3 import (
-    S3Clients,
-    WorkerCredentialsRefused,
-    check_endpoint,
-    describe_error,
-    resolve_target,
-)
-from comfy_bridge.inputs.netguard import AddressRefused, check_url, refused
-from comfy_bridge.jobs.protocol import S3Destination as S3Request
+from comfy_bridge.net.guard import AddressRefused, check_url, refused
+from comfy_bridge.s3.clients import S3Clients
+from comfy_bridge.s3.target import WorkerCredentialsRefused, check_endpoint, describe_error, resolve_target
+from comfy_bridge.schemas.job import S3Destination as S3Request
 from comfy_bridge.settings import BridgeSettings
 
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?),(?P<data>.*)$", re.S)

@@ -21,9 +21,9 @@ import aiohttp
 from PIL import Image
 
 from comfy_bridge import logs
-from comfy_bridge.delivery.s3 import S3Clients
+from comfy_bridge.s3.clients import S3Clients
 from comfy_bridge.errors import InvalidInputImage
-from comfy_bridge.inputs.netguard import guarded_session
+from comfy_bridge.net.guard import guarded_session
 from comfy_bridge.inputs.sources import (
     SourceError,
     decode_base64,
@@ -32,7 +32,7 @@ from comfy_bridge.inputs.sources import (
     fetch_url,
     kind_of,
 )
-from comfy_bridge.jobs.protocol import InputImage, JobInput
+from comfy_bridge.schemas.job import InputImage, JobInput
 from comfy_bridge.settings import BridgeSettings
 
 log = logs.get(__name__)

@@ -21,9 +21,9 @@ from pydantic_core import to_json
 from comfy_bridge import logs
 from comfy_bridge import observability as obs
 from comfy_bridge.comfyui.client import ComfyClient
-from comfy_bridge.delivery import inline, select
+from comfy_bridge.delivery import inline, choice
 from comfy_bridge.errors import BadRequest, BridgeError, ComfyUnavailable, PayloadTooLarge
-from comfy_bridge.jobs.protocol import REQUEST_ID_PATTERN, GenerateRequest, GenerateResponse, JobInput
+from comfy_bridge.schemas.job import REQUEST_ID_PATTERN, GenerateRequest, GenerateResponse, JobInput
 from comfy_bridge.jobs.serving import JobRunner, failure_body
 
 log = logs.get(__name__)
@@ -149,7 +149,7 @@ class BridgeRoutes:
         """The caller went away. Outputs bound for S3 or a webhook are still wanted;
         otherwise stop the prompt so it frees the GPU for someone who is waiting."""
         self._finished(job.request_id, started, exc)
-        if select.result_wanted_without_caller(job, self.runner.settings):
+        if choice.result_wanted_without_caller(job, self.runner.settings):
             self.runner.keep(task)  # drained before ComfyUI stops (comfy_bridge/shutdown.py)
             task.add_done_callback(self._detached_done)
             log.info("caller left; finishing the request for its s3/webhook destination",

@@ -11,7 +11,7 @@ again would spend a second GPU run and, worse, let two runs share one name. So:
 The shared run is cancelled only when every caller waiting on it has gone (a caller that
 leaves must not stop the run another caller still waits for). Once a run ends its entry
 goes: a later request with that request_id is a new run with its own folders and keys
-(`JobInput.run_id`, comfy_bridge/jobs/protocol.py).
+(`JobInput.run_id`, comfy_bridge/schemas/job.py).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pydantic import SecretStr
 
 from comfy_bridge import logs
 from comfy_bridge.errors import RequestIdInUse
-from comfy_bridge.jobs.protocol import JobInput
+from comfy_bridge.schemas.job import JobInput
 
 log = logs.get(__name__)
 

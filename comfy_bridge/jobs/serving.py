@@ -12,10 +12,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import os
 import time
 import uuid
-from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol
 
 
@@ -23,19 +21,19 @@ from comfy_bridge import logs
 from comfy_bridge import observability as obs
 from comfy_bridge.comfyui import graph as graphs
 from comfy_bridge.comfyui.client import ComfyClient, PromptResult
-from comfy_bridge.comfyui.supervisor import classify_execution_error
-from comfy_bridge.delivery import precheck, select
-from comfy_bridge.delivery.base import Artifact, Destination, guess_mimetype
+from comfy_bridge.delivery import precheck, choice
+from comfy_bridge.delivery.base import Destination
 from comfy_bridge.errors import (
     BridgeError,
     DeadlineExceeded,
     DeliveryFailed,
-    ExecutionFailed,
     OutOfMemory,
     UnknownTemplate,
 )
+from comfy_bridge.jobs import outputs as outputs_
 from comfy_bridge.jobs.inflight import InflightRuns
-from comfy_bridge.jobs.protocol import GenerateResponse, JobInput, Timings
+from comfy_bridge.jobs.prompt_failure import prompt_failure
+from comfy_bridge.schemas.job import GenerateResponse, JobInput, Timings
 from comfy_bridge.jobs.watchdog import Watchdog
 from comfy_bridge.settings import BridgeSettings
 
@@ -125,7 +123,7 @@ class JobRunner:
         self.webhooks = webhooks
         self.workload_fn = workload_fn
         self.on_fatal = on_fatal
-        self.picker = picker or select.pick
+        self.picker = picker or choice.pick
         # Raises ComfyUnavailable while a supervisor restarts ComfyUI: 503 at once.
         self.availability = availability
         self.metrics = metrics or obs.METRICS
@@ -185,19 +183,19 @@ class JobRunner:
 
         if self.availability is not None:
             self.availability()
-        out_dir, uploaded = "", []
+        out_dir = ""
         try:
             t_inputs = time.monotonic()
-            staged, uploaded = await self._stage(job)
+            staged = await self._stage(job)
             inputs_ms = (time.monotonic() - t_inputs) * 1000
             result, out_dir = await self._execute(job, graph, staged, deadline, timeout_s, events)
             t_out = time.monotonic()
-            artifacts = await self._collect(result, out_dir)
+            artifacts = await outputs_.collect(result, out_dir, self.settings, self.client)
             destination = self.picker(job, self.settings)
             try:
                 outputs = await destination.deliver(job, artifacts)
             except OSError as exc:  # a full or read-only disk while converting or spooling
-                raise _write_failed(exc, artifacts) from None
+                raise outputs_.write_failed(exc, artifacts) from None
             if events is not None:
                 events.delivered(outputs)
             outputs_ms = (time.monotonic() - t_out) * 1000
@@ -208,7 +206,7 @@ class JobRunner:
                 out_dir = ""
             raise
         finally:
-            self._cleanup(out_dir, uploaded)
+            self._cleanup(out_dir)
             if job.images and self.stager is not None and hasattr(self.stager, "cleanup"):
                 self._spawn(self.stager.cleanup(job))
 
@@ -241,15 +239,15 @@ class JobRunner:
             )
         return await _maybe_await(self.templates.expand(job.modifier or "", job.modifications))
 
-    async def _stage(self, job: JobInput) -> tuple[dict[str, str], list[str]]:
-        """(name -> staged path, paths to remove afterwards: the stager cleans its own)."""
+    async def _stage(self, job: JobInput) -> dict[str, str]:
+        """name -> staged path (the stager removes its own files afterwards)."""
         if not job.images:
-            return {}, []
+            return {}
         if self.stager is None:
             from comfy_bridge.inputs import InputStager as DefaultStager
 
             self.stager = DefaultStager(self.settings, self.client)
-        return dict(await _maybe_await(self.stager.stage(job))), []
+        return dict(await _maybe_await(self.stager.stage(job)))
 
     async def _execute(
         self,
@@ -277,15 +275,18 @@ class JobRunner:
                         watch.submitted()
                     result = await self._wait(prompt_id, deadline, timeout_s)
                 except BaseException:
-                    self._cleanup(out_dir, [])
+                    self._cleanup(out_dir)
                     raise
                 finally:
                     if watch is not None:
                         watch.close()
                 if result.failure is None:
                     return result, out_dir
-                self._cleanup(out_dir, [])
-                err = self._failure(result)
+                self._cleanup(out_dir)
+                err = prompt_failure(result, self.settings.oom_retries)
+                if err.details.get("fatal") and self.on_fatal is not None:
+                    message = str(result.failure.data.get("exception_message") or "").strip()
+                    self._spawn(_maybe_await(self.on_fatal(message)))
                 if isinstance(err, OutOfMemory) and attempt + 1 < attempts:
                     log.warning("out of memory; freeing models and retrying (%d/%d)", attempt + 1, attempts - 1)
                     self.metrics.oom_retried()
@@ -348,95 +349,14 @@ class JobRunner:
         log.info("abandoned prompt: %s", how, extra={"fields": {"prompt_id": prompt_id}})
         return how
 
-    def _failure(self, result: PromptResult) -> BridgeError:
-        failure = result.failure
-        assert failure is not None
-        data = failure.data
-        node_id, node_type = data.get("node_id"), data.get("node_type")
-        if failure.type == "execution_interrupted":
-            return ExecutionFailed(
-                f"ComfyUI interrupted the prompt at node {node_id} ({node_type}) before it finished",
-                prompt_id=result.prompt_id, node_id=node_id, node_type=node_type, interrupted=True,
-            )
-        exc_type = str(data.get("exception_type") or "")
-        message = str(data.get("exception_message") or "").strip()
-        where = f"node {node_id} ({node_type})" if node_id is not None else "a node"
-        details = dict(prompt_id=result.prompt_id, node_id=node_id, node_type=node_type,
-                       exception_type=exc_type or None)
-        kind = classify_execution_error(exc_type, message)
-        if kind == "out_of_memory":
-            return OutOfMemory(
-                f"{where} ran out of GPU memory after {self.settings.oom_retries} retry(ies) with "
-                f"models unloaded: {message} (lower the resolution or batch size)",
-                **details,
-            )
-        if kind == "cuda_fatal":
-            log.error("fatal CUDA error: %s", message)
-            if self.on_fatal is not None:
-                self._spawn(_maybe_await(self.on_fatal(message)))
-            return ExecutionFailed(
-                f"{where} hit a fatal GPU error ({message}); this worker is being replaced, "
-                "retry the request", fatal=True, retriable=True, **details,
-            )
-        log.warning("execution error at %s: %s: %s", where, exc_type, message)
-        return ExecutionFailed(f"{where} raised {exc_type or 'an error'}: {message}", **details)
-
-    async def _collect(self, result: PromptResult, out_dir: str) -> list[Artifact]:
-        """Every file ComfyUI reported, whatever the key; temp previews only if alone."""
-        saved: list[Artifact] = []
-        temp: list[Artifact] = []
-        for node_id, out in result.outputs.items():
-            if not isinstance(out, dict):
-                continue
-            for key, items in out.items():
-                for item in items if isinstance(items, list) else []:
-                    if not isinstance(item, dict) or not isinstance(item.get("filename"), str):
-                        continue
-                    kind = item.get("type", "output")
-                    art = Artifact(
-                        filename=item["filename"],
-                        node_id=str(node_id),
-                        output_type=str(key),
-                        mimetype=guess_mimetype(item["filename"]),
-                        subfolder=str(item.get("subfolder") or ""),
-                        comfy_type=str(kind),
-                    )
-                    if kind == "output":
-                        saved.append(art)
-                    elif kind == "temp":
-                        temp.append(art)
-        for i, (node_id, frame) in enumerate(result.ws_images):
-            ext = "jpg" if frame.mimetype == "image/jpeg" else "png"
-            saved.append(Artifact(
-                filename=f"{out_dir.replace('/', '_')}_ws_{node_id}_{i:05d}.{ext}",
-                node_id=node_id, output_type="images", mimetype=frame.mimetype or "image/png",
-                data=frame.payload, comfy_type="websocket",
-            ))
-        artifacts = saved or temp
-        await asyncio.gather(*(self._locate(a) for a in artifacts if a.data is None))
-        return artifacts
-
-    async def _locate(self, art: Artifact) -> None:
-        """Point at the file in ComfyUI's folder (fast) or fetch it through /view."""
-        folder = self.settings.comfyui_folder(art.comfy_type) if art.comfy_type in ("output", "temp") else None
-        if folder is not None:
-            base = folder.resolve()
-            path = (base / art.subfolder / art.filename).resolve()
-            if path.is_relative_to(base) and path.is_file():
-                art.path = path
-                return
-        art.data = await self.client.view(art.filename, art.subfolder, art.comfy_type)
-
-    def _cleanup(self, out_dir: str, uploaded: list[str]) -> None:
-        """Remove this submission's output folder and uploaded inputs, off the hot path.
+    def _cleanup(self, out_dir: str) -> None:
+        """Remove this submission's output folder, off the hot path.
 
         Unlinking a multi-MB file on ext4 costs up to milliseconds; nobody waits for it.
         """
-        output, inputs = self.settings.comfyui_folder("output"), self.settings.comfyui_folder("input")
-        targets = [output / out_dir] if out_dir and output is not None else []
-        targets += [inputs / p for p in uploaded] if inputs is not None else []
-        if targets:
-            self._spawn(asyncio.to_thread(_remove, targets, inputs))
+        output = self.settings.comfyui_folder("output")
+        if out_dir and output is not None:
+            self._spawn(asyncio.to_thread(outputs_.remove, [output / out_dir]))
 
     async def drain(self) -> None:
         """Wait for background work (kept requests, their S3 uploads and webhooks, cleanups).
@@ -483,51 +403,6 @@ class JobRunner:
         self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("background work failed: %r", task.exception())
-
-
-def _write_failed(exc: OSError, artifacts: list[Artifact]) -> DeliveryFailed:
-    """A 502 naming the disk error; the files stay in ComfyUI's output folder."""
-    reason = exc.strerror or type(exc).__name__
-    listed = []
-    for art in artifacts:
-        try:
-            size = art.size
-        except OSError:
-            size = 0
-        listed.append({"filename": art.filename, "node_id": art.node_id, "output_type": art.output_type,
-                       "mimetype": art.mimetype, "bytes": size, "upload_error": reason})
-    log.error("could not write outputs for delivery: %s (errno %s)", reason, exc.errno)
-    return DeliveryFailed(
-        f"the outputs were made but could not be written for delivery ({reason}); they were kept "
-        "in ComfyUI's output folder on the worker",
-        errno=exc.errno, output=listed,
-    )
-
-
-def _remove(targets: list[Path], inputs: Path | None) -> None:
-    for target in targets:
-        try:
-            if target.is_dir():
-                for child in target.iterdir():
-                    child.unlink(missing_ok=True)
-                target.rmdir()
-            else:
-                target.unlink(missing_ok=True)
-                if inputs is not None:
-                    _prune_empty(target.parent, inputs)
-        except OSError as exc:
-            log.warning("could not remove %s: %s", target, exc)
-
-
-def _prune_empty(folder: Path, inputs: Path) -> None:
-    """Remove now-empty parents of an uploaded input, never cvw/ itself."""
-    stop = {inputs / graphs.OUTPUT_ROOT, inputs}
-    while folder not in stop and folder.is_relative_to(inputs):
-        try:
-            os.rmdir(folder)
-        except OSError:
-            return
-        folder = folder.parent
 
 
 async def _maybe_await(value: Any) -> Any:

@@ -23,7 +23,7 @@ from comfy_bridge.comfyui import events as ev
 from comfy_bridge.comfyui import graph as graphs
 from comfy_bridge.comfyui.client import ComfyClient
 from comfy_bridge.errors import BridgeError
-from comfy_bridge.jobs.protocol import JobInput, OutputFile
+from comfy_bridge.schemas.job import JobInput, OutputFile
 from comfy_bridge.jobs.stream_protocol import (
     OutputEvent,
     PreviewEvent,

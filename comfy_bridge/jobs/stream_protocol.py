@@ -16,7 +16,7 @@ from typing import Annotated, Any, Iterator, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic_core import to_json
 
-from comfy_bridge.jobs.protocol import FailureResponse, GenerateResponse, OutputFile
+from comfy_bridge.schemas.job import FailureResponse, GenerateResponse, OutputFile
 
 ROUTE = "/generate/stream"  # the bridge's route, and the PyWorker's in front of it
 CONTENT_TYPE = "text/event-stream"

@@ -24,7 +24,7 @@ from comfy_bridge.delivery import inline
 from comfy_bridge.errors import BridgeError, ComfyUnavailable
 from comfy_bridge.jobs import stream_protocol as sp
 from comfy_bridge.jobs.api_router import BridgeRoutes, error_response
-from comfy_bridge.jobs.protocol import GenerateResponse, JobInput
+from comfy_bridge.schemas.job import GenerateResponse, JobInput
 from comfy_bridge.jobs.serving import failure_body
 from comfy_bridge.jobs.stream_events import StreamSink
 

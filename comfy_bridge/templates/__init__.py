@@ -1,5 +1,5 @@
 """Named workflow templates (`workflows/NAME.json` + `NAME.params.json`), see protocol.py."""
 
-from comfy_bridge.templates.serving import Template, TemplateStore
+from comfy_bridge.templates.store import Template, TemplateStore
 
 __all__ = ["Template", "TemplateStore"]

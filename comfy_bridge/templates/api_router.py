@@ -13,7 +13,7 @@ from aiohttp import web
 
 from comfy_bridge.errors import UnknownTemplate
 from comfy_bridge.templates.protocol import TemplateInfo, TemplateList
-from comfy_bridge.templates.serving import TemplateStore
+from comfy_bridge.templates.store import TemplateStore
 
 
 class TemplateRoutes:

@@ -31,8 +31,8 @@ from yarl import URL
 
 from comfy_bridge import logs
 from comfy_bridge import observability as obs
-from comfy_bridge.inputs.netguard import AddressRefused, check_url, guarded_session, refused
-from comfy_bridge.jobs.protocol import JobInput, WebhookTarget
+from comfy_bridge.net.guard import AddressRefused, check_url, guarded_session, refused
+from comfy_bridge.schemas.job import JobInput, WebhookTarget
 from comfy_bridge.retry import RetryPolicy
 from comfy_bridge.settings import BridgeSettings
 from comfy_bridge.webhooks.body import capped

@@ -17,7 +17,7 @@ from comfy_bridge.errors import (
     MissingNodeClasses,
     WorkflowRejected,
 )
-from comfy_bridge.jobs.protocol import GenerateResponse, OutputFile, Timings
+from comfy_bridge.schemas.job import GenerateResponse, OutputFile, Timings
 
 
 def _graph() -> dict:

@@ -8,7 +8,7 @@ from PIL import Image
 
 from comfy_bridge.delivery.base import Artifact
 from comfy_bridge.delivery.convert import convert_artifact, convert_artifacts
-from comfy_bridge.jobs.protocol import OutputOptions
+from comfy_bridge.schemas.job import OutputOptions
 from tests.io.helpers import png_bytes
 
 

@@ -13,9 +13,10 @@ from aiohttp import web
 from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
-from comfy_bridge.delivery import endpoint, precheck
-from comfy_bridge.inputs import netguard
-from comfy_bridge.jobs.protocol import JobInput
+from comfy_bridge.delivery import precheck
+from comfy_bridge.net import endpoint
+from comfy_bridge.net import guard as netguard
+from comfy_bridge.schemas.job import JobInput
 from comfy_bridge.webhooks import WebhookSender
 from tests.io.conftest import REGION
 from tests.io.test_end_to_end import Bridge, bridge  # noqa: F401 - the fixture

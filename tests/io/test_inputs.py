@@ -11,7 +11,7 @@ from aiohttp import web
 
 from comfy_bridge.errors import InvalidInputImage
 from comfy_bridge.inputs import InputStager
-from comfy_bridge.jobs.protocol import JobInput
+from comfy_bridge.schemas.job import JobInput
 from tests.io.conftest import REGION, free_port, s3_env
 from tests.io.helpers import png_bytes
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from comfy_bridge.delivery import select
+from comfy_bridge.delivery import choice
 from comfy_bridge.delivery.base import guess_mimetype
 from comfy_bridge.delivery.inline import InlineDestination
 from comfy_bridge.delivery.s3 import S3Destination
 from comfy_bridge.delivery.spool import Spool
 from comfy_bridge.errors import DeliveryFailed
-from comfy_bridge.jobs.protocol import JobInput
+from comfy_bridge.schemas.job import JobInput
 from tests.io.conftest import REGION, s3_env
 from tests.io.helpers import file_artifact, png_bytes, random_bytes
 
@@ -224,11 +224,11 @@ async def test_request_endpoint_on_private_address_is_refused(make_settings, des
 def test_pick_chooses_s3_or_inline(make_settings):
     env = make_settings(s3={"bucket_name": "env-bucket"})
     none = make_settings()
-    assert isinstance(select.pick(job(), none), InlineDestination)
-    first = select.pick(job(), env)
-    assert isinstance(first, S3Destination) and select.pick(job(), env) is first  # shared clients
-    assert isinstance(select.pick(job(return_outputs_as_base64=True), env), InlineDestination)
-    assert isinstance(select.pick(job(s3={"bucket_name": "mine"}), none), S3Destination)
+    assert isinstance(choice.pick(job(), none), InlineDestination)
+    first = choice.pick(job(), env)
+    assert isinstance(first, S3Destination) and choice.pick(job(), env) is first  # shared clients
+    assert isinstance(choice.pick(job(return_outputs_as_base64=True), env), InlineDestination)
+    assert isinstance(choice.pick(job(s3={"bucket_name": "mine"}), none), S3Destination)
 
 
 async def test_spool_budget_evicts_oldest_requests(tmp_path):

@@ -1,6 +1,6 @@
 """What callers cannot make the worker do with S3: read buckets with the worker's own keys
 (comfy_bridge/inputs/sources.py allow-list), or reach an address other than the one its
-endpoint was checked at (comfy_bridge/delivery/endpoint.py pinning). Real SeaweedFS."""
+endpoint was checked at (comfy_bridge/net/endpoint.py pinning). Real SeaweedFS."""
 
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ from botocore.config import Config
 from botocore.exceptions import SSLError
 from yarl import URL
 
-from comfy_bridge.delivery import endpoint
+from comfy_bridge.net import endpoint
 from comfy_bridge.delivery.s3 import S3Destination
 from comfy_bridge.errors import InvalidInputImage
 from comfy_bridge.inputs import InputStager
-from comfy_bridge.jobs.protocol import JobInput
+from comfy_bridge.schemas.job import JobInput
 from tests.io.conftest import REGION, s3_env
 from tests.io.helpers import file_artifact, png_bytes
 

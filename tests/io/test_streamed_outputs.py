@@ -14,7 +14,7 @@ from PIL import Image
 from comfy_bridge.delivery import inline
 from comfy_bridge.delivery.inline import InlineDestination, render, render_parts
 from comfy_bridge.delivery.stream import CHUNK_BYTES, Base64File
-from comfy_bridge.jobs.protocol import GenerateResponse, JobInput, Timings
+from comfy_bridge.schemas.job import GenerateResponse, JobInput, Timings
 from tests.io.helpers import file_artifact, random_bytes
 
 GRAPH = {"1": {"class_type": "EmptyImage", "inputs": {}}}

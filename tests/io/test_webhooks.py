@@ -14,7 +14,7 @@ from pydantic import SecretStr
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from comfy_bridge.jobs.protocol import JobInput
+from comfy_bridge.schemas.job import JobInput
 from comfy_bridge.webhooks import WebhookSender, sign, verify, whsec_form
 from comfy_bridge.webhooks.signing import (
     ATTEMPT_HEADER,

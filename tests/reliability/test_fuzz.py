@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
-from comfy_bridge.jobs.protocol import FailureResponse
+from comfy_bridge.schemas.job import FailureResponse
 from comfy_bridge.observability import Metrics
 from tests.comfy_double import ComfyDouble
 

@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from comfy_bridge import errors
 from comfy_bridge import observability as obs
-from comfy_bridge.jobs.protocol import Timings
+from comfy_bridge.schemas.job import Timings
 from comfy_bridge.observability import Metrics, outcome_for
 
 

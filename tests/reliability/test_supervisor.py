@@ -14,11 +14,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from comfy_bridge.comfyui.supervisor import (
-    ComfySupervisor,
-    classify_execution_error,
-    parse_import_failures,
-)
+from comfy_bridge.comfyui.child_log import parse_import_failures
+from comfy_bridge.comfyui.failures import classify_execution_error
+from comfy_bridge.comfyui.supervisor import ComfySupervisor
 from comfy_bridge.errors import ComfyUnavailable, ComfyUnrecoverable
 from comfy_bridge.settings import BridgeSettings
 

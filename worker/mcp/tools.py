@@ -26,7 +26,7 @@ import aiohttp
 import mcp_types as types
 
 from comfy_bridge.templates import schema_check
-from comfy_bridge.jobs.protocol import GenerateResponse, OutputFile
+from comfy_bridge.schemas.job import GenerateResponse, OutputFile
 from comfy_bridge.jobs.stream_events import small_jpeg
 
 RUN_WORKFLOW = "run_workflow"

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from comfy_bridge.delivery.base import Artifact
-from comfy_bridge.jobs.protocol import JobInput, OutputFile
+from comfy_bridge.schemas.job import JobInput, OutputFile
 from comfy_bridge.settings import BridgeSettings
 from tests.support import save_graph
 from tests.comfy_double import ComfyDouble
@@ -63,7 +63,7 @@ async def test_bridge_cannot_write_outputs(make_bridge, comfy_double: ComfyDoubl
     full = {"on": True}
 
     def picker(job: JobInput, settings: BridgeSettings) -> Any:
-        from comfy_bridge.delivery.select import pick
+        from comfy_bridge.delivery.choice import pick
 
         return _FullDisk() if full["on"] else pick(job, settings)
 

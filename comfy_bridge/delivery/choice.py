@@ -11,7 +11,7 @@ from typing import Any
 
 from comfy_bridge.delivery.base import Destination
 from comfy_bridge.delivery.inline import InlineDestination
-from comfy_bridge.jobs.protocol import JobInput
+from comfy_bridge.schemas.job import JobInput
 from comfy_bridge.settings import BridgeSettings
 
 

@@ -3,7 +3,7 @@
 A request may name its own `s3.endpoint_url`. Checking the name's addresses and then
 letting botocore resolve it again would leave a gap a rebinding DNS can use (public
 address for the check, 169.254.169.254 for the connection). So the name is resolved
-here once, every address it gives must pass the guard of comfy_bridge/inputs/netguard.py,
+here once, every address it gives must pass the guard of comfy_bridge/net/guard.py,
 and the boto3 client is pinned to them: its connections go to those IPs (in the
 resolver's order, the next one if one cannot be reached, as urllib3 does), while the Host header, SigV4 signature, TLS SNI and certificate check all still use the
 name (urllib3 verifies the certificate against `host`, which pinning leaves alone).
@@ -28,7 +28,7 @@ from botocore.awsrequest import (
 from cachetools import TTLCache
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
-from comfy_bridge.inputs.netguard import AddressRefused, address_allowed, check_url
+from comfy_bridge.net.guard import AddressRefused, address_allowed, check_url
 
 RESOLVED_TTL_S = 300.0
 _resolved: TTLCache[tuple[str, int, bool], tuple[str, ...]] = TTLCache(maxsize=512, ttl=RESOLVED_TTL_S)

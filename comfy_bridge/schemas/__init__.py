@@ -1,0 +1,1 @@
+"""Request and response models shared by the routes and the layers below them (job.py)."""
