@@ -38,83 +38,37 @@ import contextlib
 import ssl as ssl_lib
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 import aiohttp
-from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic import BaseModel, SecretStr
 
-from comfy_bridge import errors, logs
-from comfy_bridge.schemas.job import FailureResponse, GenerateResponse, JobInput
+from comfy_bridge import logs
+from comfy_bridge.schemas.job import GenerateResponse, JobInput
 from comfy_bridge.retry import RetryPolicy
-from worker.cost import PricedResponse
+from worker import stream_client
+from worker.call_outcome import (
+    CallError,
+    CallTimeout,
+    Place,
+    ResultUnknown,
+    Retry,
+    RouterError,
+    WorkerHTTPError,
+    answer,
+    lost,
+)
 from worker.workload import WorkloadModel
 
 log = logs.get(__name__)
 
+# What a caller uses: the clients, and the errors a call can end in (worker/call_outcome.py).
+__all__ = ["CallError", "CallTimeout", "ResultUnknown", "RouterError", "SyncWorkerClient", "WorkerClient",
+           "WorkerHTTPError", "generate_sync", "worker_timeout_s"]
+
 DEFAULT_ROUTER = "https://run.vast.ai"
 ROUTE = "/generate/sync"  # the PyWorker route (worker/pyworker.py)
 VAST_ROOT_CERT_URL = "https://console.vast.ai/static/jvastai_root.cer"
-
-
-class CallError(Exception):
-    """A call that did not produce a worker's answer."""
-
-
-class RouterError(CallError):
-    """The router refused the call (bad api key, unknown endpoint...): retrying won't help."""
-
-    def __init__(self, message: str, status: int | None = None, body: str = "") -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = body
-
-
-class CallTimeout(CallError, TimeoutError):
-    """The deadline passed before a result; `reason` is what was last in the way."""
-
-    def __init__(self, message: str, reason: str = "") -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class ResultUnknown(CallError):
-    """A worker accepted the request, then the connection broke: it may have run."""
-
-    def __init__(self, message: str, worker_url: str) -> None:
-        super().__init__(message)
-        self.worker_url = worker_url
-
-
-class WorkerHTTPError(CallError):
-    """The worker answered an error without a FailureResponse body (e.g. 401: bad signature)."""
-
-    def __init__(self, status: int, text: str) -> None:
-        super().__init__(f"worker answered HTTP {status}: {text[:300] or '(empty body)'}")
-        self.status = status
-        self.text = text
-
-
-def _error_classes() -> dict[str, type[errors.BridgeError]]:
-    found: dict[str, type[errors.BridgeError]] = {}
-    stack: list[type[errors.BridgeError]] = [errors.BridgeError]
-    while stack:
-        cls = stack.pop()
-        found.setdefault(cls.type, cls)
-        stack.extend(cls.__subclasses__())
-    return found
-
-
-def failure_error(status: int, failure: FailureResponse) -> errors.BridgeError:
-    """The comfy_bridge error a FailureResponse names, carrying the response."""
-    body = failure.error
-    cls = _error_classes().get(body.type, errors.BridgeError)
-    details = {k: v for k, v in (body.model_extra or {}).items()}
-    err = cls(body.message, **details)
-    err.response = failure  # type: ignore[attr-defined]
-    err.http_status = status  # type: ignore[attr-defined]
-    err.retriable_here = body.retriable  # type: ignore[attr-defined]
-    return err
 
 
 def worker_timeout_s(requested: Any, remaining_s: float) -> float:
@@ -138,22 +92,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
-
-
-@dataclass
-class _Place:
-    """The request's place in the router's queue, kept across polls and retries."""
-
-    request_idx: int = 0
-    # What was last in the way (a 503, no worker ready...): what a deadline reports, rather
-    # than the router call our own deadline cut short.
-    reason: str = ""
-
-
-class _Retry(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class WorkerClient:
@@ -210,7 +148,7 @@ class WorkerClient:
         payload_input, idempotent = self._prepare(job)
         cost = self.workload.payload_units({"input": payload_input}) if cost is None else cost
         deadline = time.monotonic() + deadline_s
-        place = _Place()
+        place = Place()
         failures = 0
         reason = ""
         with logs.bind(request_id=payload_input.get("request_id")):
@@ -218,7 +156,7 @@ class WorkerClient:
                 try:
                     ticket = await self._route_until_ready(cost, place, deadline)
                     return await self._call_worker(ticket, payload_input, deadline, idempotent)
-                except _Retry as r:
+                except Retry as r:
                     reason = place.reason = r.reason
                     failures += 1
                     log.info("retrying: %s", reason)
@@ -245,7 +183,7 @@ class WorkerClient:
         if deadline - time.monotonic() <= 0:
             raise CallTimeout(f"deadline passed: {reason}", reason)
 
-    async def _route_until_ready(self, cost: float, place: "_Place", deadline: float) -> dict[str, Any]:
+    async def _route_until_ready(self, cost: float, place: Place, deadline: float) -> dict[str, Any]:
         """auth_data of a ready worker; polls while none is ready, keeping the request's
         place (request_idx) across polls and retries."""
         polls = 0
@@ -270,18 +208,18 @@ class WorkerClient:
                 ) as r:
                     text = await r.text()
                     if r.status == 429 or r.status >= 500:
-                        raise _Retry(f"router answered HTTP {r.status}")
+                        raise Retry(f"router answered HTTP {r.status}")
                     if r.status != 200:
                         raise RouterError(f"router refused the call: HTTP {r.status} {text[:300]}", r.status, text)
                     try:
                         answer = await r.json(content_type=None)
                     except ValueError:
-                        raise _Retry("router answered something that is not JSON") from None
+                        raise Retry("router answered something that is not JSON") from None
             except (aiohttp.ClientError, asyncio.TimeoutError) as e:
                 if isinstance(e, asyncio.TimeoutError) and deadline - time.monotonic() <= 0.05:
                     last = place.reason or "routing"
                     raise CallTimeout(f"deadline passed: {last}", last) from None
-                raise _Retry(f"router unreachable: {type(e).__name__}: {e}") from e
+                raise Retry(f"router unreachable: {type(e).__name__}: {e}") from e
             if isinstance(answer, dict):
                 with contextlib.suppress(TypeError, ValueError):
                     place.request_idx = int(answer.get("request_idx") or place.request_idx)
@@ -318,8 +256,8 @@ class WorkerClient:
                 status = r.status
                 data = await r.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-            raise _lost(e, url, idempotent) from e
-        return _answer(url, status, data)
+            raise lost(e, url, idempotent) from e
+        return answer(url, status, data)
 
     async def stream(
         self, job: dict[str, Any] | JobInput, *, deadline_s: float = 600.0, cost: float | None = None
@@ -327,8 +265,6 @@ class WorkerClient:
         """The request's live events (comfy_bridge/jobs/stream_protocol.py) through the
         worker's /generate/stream; the last is a ResultEvent, or the failure is raised as by
         `generate`. Same routing, retries and deadline (worker/stream_client.py)."""
-        from worker import stream_client
-
         async with contextlib.aclosing(stream_client.stream(self, job, deadline_s=deadline_s, cost=cost)) as events:
             async for event in events:
                 yield event
@@ -346,45 +282,6 @@ class WorkerClient:
         ctx.verify_flags &= ~ssl_lib.VERIFY_X509_STRICT
         self._worker_ssl = ctx
         return ctx
-
-
-def _lost(e: BaseException, url: str, idempotent: bool) -> Exception:
-    """What a broken or timed-out call to a worker means for a retry."""
-    if isinstance(e, aiohttp.ClientConnectorError):
-        return _Retry(f"worker {url} unreachable: {e}")
-    if isinstance(e, aiohttp.ConnectionTimeoutError):  # connecting timed out: nothing was sent
-        return _Retry(f"worker {url} did not accept the connection: {e}")
-    if isinstance(e, asyncio.TimeoutError):
-        return CallTimeout(f"deadline passed while worker {url} ran the request", "worker busy")
-    # Sent (or partly sent) and then lost: the worker may be running it.
-    if idempotent:
-        return _Retry(f"connection to worker {url} broke ({type(e).__name__}); request_id makes a resend safe")
-    return ResultUnknown(
-        f"connection to worker {url} broke after it accepted the request ({type(e).__name__}: {e}); "
-        "not resent, since it may have run: give a request_id to make resends safe",
-        url,
-    )
-
-
-def _answer(url: str, status: int, data: bytes) -> GenerateResponse:
-    """The worker's JSON answer: the response, or the retry or error its status means."""
-    if status == 200:
-        try:
-            return PricedResponse.model_validate_json(data)  # a GenerateResponse with `cost`
-        except ValidationError as e:
-            raise CallError(f"worker {url} answered 200 with an unexpected body: {e}") from e
-    if status == 429:
-        raise _Retry(f"worker {url} queue is full (429)")
-    failure: FailureResponse | None = None
-    try:
-        failure = FailureResponse.model_validate_json(data) if data else None
-    except ValidationError:
-        failure = None
-    if status == 503:
-        raise _Retry(f"worker {url} unavailable (503{': ' + failure.error.message if failure else ''})")
-    if failure is not None:
-        raise failure_error(status, failure)
-    raise WorkerHTTPError(status, data.decode("utf-8", "replace"))
 
 
 class SyncWorkerClient:

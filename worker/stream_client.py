@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator
 
 import aiohttp
 from pydantic import ValidationError
@@ -20,15 +20,10 @@ from pydantic import ValidationError
 from comfy_bridge import logs
 from comfy_bridge.jobs import stream_protocol as sp
 from comfy_bridge.schemas.job import JobInput
-from worker.client import (
-    CallError,
-    WorkerClient,
-    _answer,
-    _lost,
-    _Place,
-    _Retry,
-    failure_error,
-)
+from worker.call_outcome import CallError, Place, Retry, answer, failure_error, lost
+
+if TYPE_CHECKING:
+    from worker.client import WorkerClient
 
 log = logs.get(__name__)
 
@@ -39,7 +34,7 @@ async def stream(
     payload_input, idempotent = client._prepare(job)
     cost = client.workload.payload_units({"input": payload_input}) if cost is None else cost
     deadline = time.monotonic() + deadline_s
-    place = _Place()
+    place = Place()
     failures = 0
     # No logs.bind here: a context variable set in an async generator cannot be reset
     # when the generator is closed from another context (a caller that stops early).
@@ -51,7 +46,7 @@ async def stream(
                 async for event in events:
                     yield event
             return
-        except _Retry as r:
+        except Retry as r:
             place.reason = r.reason
             failures += 1
             log.info("retrying: %s", r.reason, extra={"fields": fields})
@@ -70,23 +65,23 @@ async def _events(
                     started = True
                     if isinstance(event, sp.ErrorEvent):
                         if event.http_status == 503:
-                            raise _Retry(f"worker {url} unavailable (503: {event.failure.error.message})")
+                            raise Retry(f"worker {url} unavailable (503: {event.failure.error.message})")
                         raise failure_error(event.http_status, event.failure)
                     yield event
                     if isinstance(event, sp.ResultEvent):
                         return
     except (aiohttp.ClientError, TimeoutError) as e:
-        raise _lost(e, url, idempotent) from e
+        raise lost(e, url, idempotent) from e
     # The stream ended without its final event: the worker or the bridge went away.
-    raise _lost(aiohttp.ServerDisconnectedError(
+    raise lost(aiohttp.ServerDisconnectedError(
         f"stream ended before its result ({'after' if started else 'before'} the first event)"), url, idempotent)
 
 
 async def read_events(r: aiohttp.ClientResponse, url: str) -> AsyncIterator[Any]:
     """Typed events of an event-stream answer; a JSON answer raises what it means
-    (worker.client._answer), so callers see one shape: events, or an exception."""
+    (worker/call_outcome.py `answer`), so callers see one shape: events, or an exception."""
     if r.content_type != sp.CONTENT_TYPE:
-        _answer(url, r.status, await r.read())
+        answer(url, r.status, await r.read())
         raise CallError(f"{url} answered {r.status} without an event stream")
     decoder = sp.SSEDecoder()
     async for chunk in r.content.iter_any():

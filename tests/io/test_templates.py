@@ -198,15 +198,15 @@ async def test_routes_list_and_get(store):
 
 def test_only_the_changed_template_is_read_again(tmp_path, monkeypatch):
     """Issue 10 item 6: template files are re-read only when they change, each on its own."""
-    from comfy_bridge.templates import serving
+    from comfy_bridge.templates import store as store_module
 
     write_template(tmp_path, "kept", GRAPH, None)
     write_template(tmp_path, "edited", GRAPH, None)
     store = TemplateStore(tmp_path)
     kept = store.get("kept")
     read: list[str] = []
-    real = serving.load_template
-    monkeypatch.setattr(serving, "load_template", lambda path: read.append(path.name) or real(path))
+    real = store_module.load_template
+    monkeypatch.setattr(store_module, "load_template", lambda path: read.append(path.name) or real(path))
     for _ in range(3):
         store.expand("kept", {})
     assert read == []  # nothing changed: nothing read

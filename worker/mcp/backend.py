@@ -20,7 +20,8 @@ import aiohttp
 from comfy_bridge.errors import ComfyUnavailable
 from comfy_bridge.jobs import stream_protocol as sp
 from comfy_bridge.templates import TemplateStore
-from worker.client import WorkerClient, _Retry, failure_error
+from worker.call_outcome import Retry, failure_error
+from worker.client import WorkerClient
 from worker.stream_client import read_events
 
 
@@ -83,7 +84,7 @@ class BridgeBackend:
                         yield event
                         if isinstance(event, sp.ResultEvent):
                             return
-        except _Retry as r:  # 429/503 from the bridge: there is no other worker to try
+        except Retry as r:  # 429/503 from the bridge: there is no other worker to try
             raise ComfyUnavailable(f"{r.reason}; retry shortly") from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ComfyUnavailable(f"the stream from the bridge at {self.url} broke ({type(exc).__name__})") from exc
