@@ -61,7 +61,7 @@ def build_app(
         templates=templates,
         webhooks=WebhookSender(settings),
         workload_fn=workload_fn,
-        on_fatal=getattr(supervisor, "on_fatal", None) or getattr(supervisor, "mark_fatal", None),
+        on_fatal=getattr(supervisor, "mark_fatal", None),
         picker=destinations,
         availability=getattr(supervisor, "check_available", None),
         on_stuck=getattr(supervisor, "restart", None),

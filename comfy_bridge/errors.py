@@ -20,8 +20,12 @@ retrying the same request elsewhere can help, so the routes never guess.
     ├── DeliveryFailed               502  outputs were made but could not be delivered
     ├── ComfyUnavailable             503  ComfyUI is down, starting or restarting (retriable)
     │   ├── ComfyUnrecoverable       503  ComfyUI is gone for good; the worker asks to be replaced
+    │   │   └── ComfyIncomplete      503  ComfyUI answers but lacks node classes the worker needs
     │   └── ShuttingDown             503  the worker got SIGTERM and takes no new requests (retriable)
     ├── DeadlineExceeded             504  the request ran past its timeout; the prompt was interrupted
+    ├── ProvisionFailed              500  ComfyUI, a node pack or a model could not be installed as the manifest says
+    │   ├── ManifestInvalid          500  the provisioning manifest is wrong
+    │   └── DownloadFailed           500  a model could not be downloaded or failed its sha256
     └── DeployFailed                 502  `comfy-worker deploy`: the deployment could not be read or converged
         ├── DeployConfigInvalid      422  deploy.toml is wrong or a ${VAR} it uses is unset (nothing was written)
         └── ControlPlaneRefused      502  the control plane answered an error (status, what to do)

@@ -172,9 +172,6 @@ class Metrics:
     def startup_phase(self, phase: str, seconds: float) -> None:
         self.startup_seconds.labels(phase).set(seconds)
 
-    def comfyui_restarted(self) -> None:
-        self.comfyui_restarts.inc()
-
     def track_supervisor(self, supervisor: Any) -> None:
         """Follow a ComfySupervisor: state gauge, and one restart per "restarting"."""
         self.comfyui_state.state(supervisor.state)
@@ -216,20 +213,12 @@ def inflight() -> Any:
     return METRICS.inflight()
 
 
-def set_queue_depth(depth: int) -> None:
-    METRICS.set_queue_depth(depth)
-
-
 def webhook_failed() -> None:
     METRICS.webhook_failed()
 
 
 def s3_upload_retried(n: int = 1) -> None:
     METRICS.s3_upload_retried(n)
-
-
-def oom_retried() -> None:
-    METRICS.oom_retried()
 
 
 def track_supervisor(supervisor: Any) -> None:

@@ -29,7 +29,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # auth_data (url, signature, request_idx...) around the bridge's payload: well under this.
 ENVELOPE_BYTES = 64 * 1024
-# The framework's own POST routes that read a JSON body (lib/server.py of vastai 1.9.1).
+# The framework's own POST routes that read a JSON body (the PyWorker server of vastai 1.9.1).
 _BACKEND_ROUTES = (
     "session_create_handler", "session_end_handler", "session_get_handler", "session_health_handler",
 )

@@ -23,8 +23,6 @@ from comfy_bridge import logs
 
 log = logs.get(__name__)
 
-PHASES = ("provision", "comfyui_up", "models_verified", "ready_check", "first_model_load", "benchmark", "ready")
-
 
 def process_start_epoch() -> float:
     """When this process started (epoch seconds), from /proc; now when unreadable."""

@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import shlex
 import shutil
 import signal
 import socket
@@ -215,20 +214,11 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
                 _say("--comfyui-path needs comfy_bridge.comfyui.supervisor, which is not installed")
                 return 2
             comfy_port = args.comfyui_port or free_port()
-            supervisor = ComfySupervisor(
-                args.comfyui_path.resolve(),
-                python=args.comfyui_python,
-                host="127.0.0.1",
-                port=comfy_port,
+            bridge_settings = bridge_settings.model_copy(update={
+                "comfyui_url": f"http://127.0.0.1:{comfy_port}", "comfyui_path": args.comfyui_path.resolve()})
+            supervisor = ComfySupervisor.from_settings(
+                bridge_settings, python=args.comfyui_python,
                 log_path=bridge_settings.comfyui_log_path or state / "comfyui.log",
-                extra_args=shlex.split(bridge_settings.comfyui_extra_args),
-                max_crashes=bridge_settings.comfyui_max_crashes,
-                crash_window_s=bridge_settings.comfyui_crash_window_s,
-                start_timeout_s=bridge_settings.comfyui_start_timeout_s,
-                gc_freeze=bridge_settings.comfyui_gc_freeze,
-            )
-            bridge_settings = bridge_settings.model_copy(
-                update={"comfyui_url": supervisor.url, "comfyui_path": args.comfyui_path.resolve()}
             )
         elif args.comfyui_url:
             bridge_settings = bridge_settings.model_copy(update={"comfyui_url": args.comfyui_url.rstrip("/")})

@@ -13,7 +13,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-# Message types (comfy/execution.py and server.py of ComfyUI v0.3.x).
+# Message types of ComfyUI v0.3.x, as recorded in tests/fixtures/comfyui-protocol/.
 STATUS = "status"
 EXECUTION_START = "execution_start"
 EXECUTION_CACHED = "execution_cached"

@@ -119,12 +119,12 @@ class ComfySupervisor(ChildProcessGroup):
         kwargs: dict[str, Any] = {
             "host": url.hostname or "127.0.0.1",
             "port": url.port or 8188,
-            "log_path": getattr(settings, "comfyui_log_path", None),
-            "extra_args": shlex.split(getattr(settings, "comfyui_extra_args", "") or ""),
-            "max_crashes": getattr(settings, "comfyui_max_crashes", 3),
-            "crash_window_s": getattr(settings, "comfyui_crash_window_s", 600.0),
-            "start_timeout_s": getattr(settings, "comfyui_start_timeout_s", 300.0),
-            "gc_freeze": getattr(settings, "comfyui_gc_freeze", None),
+            "log_path": settings.comfyui_log_path,
+            "extra_args": shlex.split(settings.comfyui_extra_args),
+            "max_crashes": settings.comfyui_max_crashes,
+            "crash_window_s": settings.comfyui_crash_window_s,
+            "start_timeout_s": settings.comfyui_start_timeout_s,
+            "gc_freeze": settings.comfyui_gc_freeze,
         }
         kwargs.update(overrides)
         return cls(settings.comfyui_path, **kwargs)

@@ -15,20 +15,19 @@ Two checks answer that:
 
 from __future__ import annotations
 
-import json
 import re
-import tomllib
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
 import aiohttp
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from comfy_bridge import logs
 from comfy_bridge.comfyui.graph import is_link
 from comfy_bridge.errors import ComfyIncomplete, ComfyUnavailable
-from comfy_bridge.provision.known_packs import UI_ONLY_TYPES, guess_pack
-from comfy_bridge.provision.manifest import CustomNodePack, Manifest
+from comfy_bridge.provision.manifest import Manifest
+from comfy_bridge.provision.pack_hints import PackIndex, describe_hint
+from comfy_bridge.provision.workflow_files import WorkflowShape, load_workflow_file, template_graphs
 
 log = logs.get(__name__)
 
@@ -54,135 +53,6 @@ class Problem(BaseModel):
     pack: str | None = None
     repo: str | None = None
     folder: str | None = None
-
-
-class PackHint(BaseModel):
-    name: str
-    repo: str | None = None
-    where: Literal["manifest", "manifest_comment", "known"] = "known"
-
-
-# ---------------------------------------------------------------- reading workflows
-
-
-class WorkflowShape(BaseModel):
-    api: dict[str, dict[str, Any]] | None = None  # API-format graph, when the file is one
-    class_types: list[str] = []
-    ui_format: bool = False
-
-
-def read_workflow(data: Any) -> WorkflowShape:
-    """Accept an API-format graph, a UI-format workflow, or either wrapped in a request body."""
-    if isinstance(data, dict):
-        for key in ("input", "payload"):
-            if isinstance(data.get(key), dict):
-                return read_workflow(data[key])
-        for key in ("workflow_json", "workflow", "prompt", "graph"):
-            if isinstance(data.get(key), dict):
-                return read_workflow(data[key])
-        if isinstance(data.get("nodes"), list):
-            return _read_ui(data)
-        nodes = {k: v for k, v in data.items() if isinstance(v, dict) and "class_type" in v}
-        if nodes:
-            graph = {str(k): v for k, v in nodes.items()}
-            return WorkflowShape(api=graph, class_types=sorted({str(n["class_type"]) for n in graph.values()}))
-    raise ValueError("not a ComfyUI workflow: expected an API-format graph ({id: {class_type, inputs}}) "
-                     "or a UI-format workflow ({nodes: [...]})")
-
-
-def _read_ui(data: dict[str, Any]) -> WorkflowShape:
-    subgraphs = data.get("definitions", {}).get("subgraphs", []) if isinstance(data.get("definitions"), dict) else []
-    sub_ids = {s.get("id") for s in subgraphs if isinstance(s, dict)}
-    nodes = list(data["nodes"])
-    for s in subgraphs:
-        if isinstance(s, dict) and isinstance(s.get("nodes"), list):
-            nodes += s["nodes"]
-    types = {str(n.get("type")) for n in nodes if isinstance(n, dict) and n.get("type")}
-    types -= UI_ONLY_TYPES
-    types -= {str(i) for i in sub_ids}
-    return WorkflowShape(class_types=sorted(types), ui_format=True)
-
-
-def load_workflow_file(path: Path) -> WorkflowShape:
-    return read_workflow(json.loads(path.read_text(encoding="utf-8")))
-
-
-def template_graphs(workflows_dir: Path | None) -> dict[str, WorkflowShape]:
-    """Every readable workflow under workflows/ (templates), by file name; others are skipped."""
-    found: dict[str, WorkflowShape] = {}
-    if workflows_dir is None or not workflows_dir.is_dir():
-        return found
-    for path in sorted(workflows_dir.rglob("*.json")):
-        try:
-            found[str(path.relative_to(workflows_dir))] = load_workflow_file(path)
-        except (OSError, ValueError) as exc:
-            log.debug("not a workflow: %s (%s)", path, exc)
-    return found
-
-
-# ---------------------------------------------------------------- pack hints
-
-
-def commented_packs(manifest_text: str) -> list[CustomNodePack]:
-    """The `# [[custom_nodes]]` blocks a manifest ships commented out, parsed as if enabled."""
-    packs: list[CustomNodePack] = []
-    lines = manifest_text.splitlines()
-    i = 0
-    while i < len(lines):
-        if re.match(r"^#\s*\[\[custom_nodes\]\]\s*$", lines[i]):
-            block = ["[[custom_nodes]]"]
-            i += 1
-            while i < len(lines) and lines[i].startswith("#") and not re.match(r"^#\s*\[", lines[i]):
-                body = re.sub(r"^#\s?", "", lines[i])
-                if re.match(r"^\s*[A-Za-z_]+\s*=", body) or re.match(r"^\s*[\"\]]", body):
-                    block.append(body)
-                i += 1
-            try:
-                raw = tomllib.loads("\n".join(block))
-                packs.append(CustomNodePack.model_validate(raw["custom_nodes"][0]))
-            except (tomllib.TOMLDecodeError, ValidationError, KeyError, IndexError):
-                pass
-            continue
-        i += 1
-    return packs
-
-
-class PackIndex:
-    """class -> the pack that provides it: manifest first, then its commented examples, then known."""
-
-    def __init__(self, manifest: Manifest | None = None, manifest_text: str | None = None) -> None:
-        self.hints: dict[str, PackHint] = {}
-        self.samplers: dict[str, PackHint] = {}
-        if manifest_text is None and manifest is not None and manifest.source is not None:
-            try:
-                manifest_text = manifest.source.read_text(encoding="utf-8")
-            except OSError:
-                manifest_text = None
-        enabled = manifest.custom_nodes if manifest else []
-        for where, packs in (("manifest_comment", commented_packs(manifest_text or "")), ("manifest", enabled)):
-            for p in packs:
-                hint = PackHint(name=p.name, repo=p.repo, where=where)  # type: ignore[arg-type]
-                for cls in p.provides:
-                    self.hints[cls] = hint
-                for name in (*p.samplers, *p.schedulers):
-                    self.samplers[name] = hint
-
-    def for_class(self, cls: str) -> PackHint | None:
-        if cls in self.hints:
-            return self.hints[cls]
-        known = guess_pack(cls)
-        return PackHint(name=known.name, repo=known.repo, where="known") if known else None
-
-
-def describe_hint(hint: PackHint | None) -> str:
-    if hint is None:
-        return "no known pack provides it: find the pack and add a [[custom_nodes]] entry to the manifest"
-    if hint.where == "manifest":
-        return f"pack {hint.name} (in the manifest) should provide it: it probably failed to import " \
-               "(look for IMPORT FAILED in ComfyUI's log)"
-    if hint.where == "manifest_comment":
-        return f"pack {hint.name} provides it: uncomment its [[custom_nodes]] block in the manifest"
-    return f"pack {hint.name} ({hint.repo}) provides it: add it as a [[custom_nodes]] entry pinned to a commit"
 
 
 # ---------------------------------------------------------------- /object_info

@@ -141,7 +141,7 @@ async def test_cuda_fatal_error_calls_on_fatal(double, make_bridge):
     class Supervisor:
         seen: list[str] = []
 
-        def on_fatal(self, message: str) -> None:
+        def mark_fatal(self, message: str) -> None:
             self.seen.append(message)
 
     sup = Supervisor()

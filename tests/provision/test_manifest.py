@@ -10,7 +10,7 @@ from comfy_bridge.provision.manifest import (
     load_manifest,
     parse_manifest,
 )
-from comfy_bridge.provision.verify import commented_packs
+from comfy_bridge.provision.pack_hints import commented_packs
 
 GOOD_COMFY = '[comfyui]\nversion = "v0.3.64"\ncommit = "a125cd84b054a57729b5eecab930ca9408719832"\n'
 SHA = "31e35c80fc4829d14f90153f4c74cd59c90b779f6afe05a74cd6120b893f7e5b"

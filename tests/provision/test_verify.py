@@ -15,13 +15,9 @@ from comfy_bridge.provision.manifest import (
     load_manifest,
     parse_manifest,
 )
-from comfy_bridge.provision.verify import (
-    PackIndex,
-    check_graph,
-    read_workflow,
-    startup_check,
-    verify_object_info,
-)
+from comfy_bridge.provision.pack_hints import PackIndex
+from comfy_bridge.provision.verify import check_graph, startup_check, verify_object_info
+from comfy_bridge.provision.workflow_files import read_workflow
 from tests.provision.conftest import REPO_ROOT
 
 SAMPLERS = ["euler", "dpmpp_2m", "res_2s", "res_3s"]

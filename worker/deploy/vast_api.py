@@ -1,6 +1,6 @@
 """The Vast calls of `comfy-worker deploy`, through the real `vastai` SDK, off the event loop.
 
-What the SDK (vastai 1.9.1, vastai/api/endpoints.py and vastai/api/offers.py) does that
+What the SDK (vastai 1.9.1: its endpoint and offer calls) does that
 matters here:
 - console API at `server_url` (templates: GET /api/v0/template/, POST /api/v0/template/,
   PUT /api/v1/template/, DELETE /api/v0/template/; endpoints: /api/v0/endptjobs/[id/];

@@ -1,7 +1,7 @@
 """A local, stateful stand-in for Vast's console API and autoscaler, beside the router.
 
-It answers the calls the real `vastai` 1.9.1 SDK makes (paths and bodies read in
-vastai/api/offers.py, vastai/api/endpoints.py, vastai/api/billing.py), on the same
+It answers the calls the real `vastai` 1.9.1 SDK makes (paths and bodies as its offer,
+endpoint and billing calls send them), on the same
 host as the router emulator (worker/emulator/router.py), so `VastAI(server_url=<it>)`
 reaches the console calls and, since the URL is not the SDK's default, the autoscaler
 calls too:
