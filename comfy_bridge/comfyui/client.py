@@ -27,6 +27,7 @@ import aiohttp
 from comfy_bridge import logs
 from comfy_bridge.comfyui import events as ev
 from comfy_bridge.comfyui import graph as graphs
+from comfy_bridge.comfyui.reconcile import settle_missed
 from comfy_bridge.comfyui.rest import ComfyRest
 from comfy_bridge.comfyui.tracker import ProgressCallback, PromptResult, PromptTracker
 from comfy_bridge.errors import BridgeError, ComfyUnavailable
@@ -292,44 +293,9 @@ class ComfyClient(ComfyRest):
             await self._reconcile(tracker)
 
     async def _reconcile(self, only: PromptTracker | None = None) -> None:
-        """Settle prompts whose events we may have missed (a reconnect, a long silence).
-
-        /queue first, then /history: ComfyUI moves a prompt from one to the other under
-        one lock, so a prompt in neither is truly lost (ComfyUI restarted).
-        """
+        """Settle prompts whose events we may have missed (a reconnect, a long silence)."""
         trackers = [only] if only is not None else list(self._trackers.values())
-        trackers = [t for t in trackers if t.submitted and not t.future.done()]
-        if not trackers:
-            return
-        try:
-            queue = await self.queue()
-        except BridgeError as exc:
-            log.warning("reconcile: /queue failed: %s", exc.message)
-            return
-        queued = {item[1] for key in ("queue_running", "queue_pending") for item in queue.get(key, [])
-                  if isinstance(item, list) and len(item) > 1}
-        for tracker in trackers:
-            pid = tracker.prompt_id
-            if pid in queued:
-                continue
-            try:
-                entry = await self.history(pid)
-            except BridgeError as exc:
-                tracker.fail(exc)
-                continue
-            if entry is None:
-                tracker.fail(ComfyUnavailable(
-                    "ComfyUI lost the prompt (not queued, not in history): it probably restarted",
-                    prompt_id=pid,
-                ))
-                continue
-            tracker.history = entry
-            start, end = ev.history_timestamps(entry)
-            tracker.start_ms = tracker.start_ms or start
-            tracker.end_ms = tracker.end_ms or end
-            tracker.failure = tracker.failure or ev.history_failure(entry)
-            if tracker.finish():
-                log.info("prompt finished while its events were missed", extra={"fields": {"prompt_id": pid}})
+        await settle_missed(self, [t for t in trackers if t.submitted and not t.future.done()])
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

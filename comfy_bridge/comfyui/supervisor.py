@@ -4,12 +4,12 @@ Why: a worker whose ComfyUI crashed must not keep answering "ready"; it must fai
 requests in flight at once (503, retriable), restart ComfyUI, and after K crashes in M
 seconds say it is unrecoverable so the autoscaler replaces the machine.
 
-Readiness is GET /system_stats answering 200, never a log line. Exit is noticed through
-the subprocess protocol's `process_exited` callback, which fires as soon as the child is
-reaped (`Process.wait()` would also wait for the pipes, which a grandchild can hold open).
-The child runs in its own session/process group so `stop()` takes the whole tree down.
-Its stdout+stderr go to a size-capped log file, and the last lines stay in memory to name
-the cause when ComfyUI gives up (a traceback tail, `IMPORT FAILED` lines).
+This module owns the state machine: readiness is GET /system_stats answering 200, never
+a log line; liveness probes while ready; crashes counted in a window; restarts with
+backoff. The process tree (launch, signals, exit noticed the moment the child is reaped)
+is comfy_bridge/comfyui/child_process.py's; its output (a size-capped log file, the last
+lines that name the cause when ComfyUI gives up, `IMPORT FAILED` lines) is
+comfy_bridge/comfyui/child_log.py's.
 """
 
 from __future__ import annotations
