@@ -1,6 +1,6 @@
 """One way to check a value against a JSON Schema and say, per parameter, what is wrong.
 
-Template parameters (comfy_bridge/templates/serving.py) and MCP tool arguments
+Template parameters (comfy_bridge/templates/store.py) and MCP tool arguments
 (worker/mcp/tools.py) are both checked here, with `jsonschema` against the schema that is
 published (`GET /workflows`, the MCP tool list), so what a caller reads is exactly what is
 enforced. Each problem names its parameter (a dotted path for nested values) and says

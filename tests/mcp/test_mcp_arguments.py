@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from comfy_bridge.errors import BadRequest
-from comfy_bridge.templates.serving import TemplateStore
+from comfy_bridge.templates.store import TemplateStore
 from worker.mcp.tools import RUN_WORKFLOW_SCHEMA, argument_error
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"

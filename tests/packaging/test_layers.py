@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 LAYERS: list[set[str]] = [
     {"errors", "logs"},  # what everything reports with
-    {"settings", "observability", "schemas"},  # configuration, metrics, request/response models
+    {"settings", "observability", "schemas", "retry"},  # configuration, metrics, request/response models, the retry policy
     {"net"},  # address guard and pinned resolution for caller-chosen URLs
     {"s3", "comfyui"},  # S3 targets/clients; ComfyUI's process, client, events and errors
     {"provision", "templates"},  # installing ComfyUI and models; the template store
